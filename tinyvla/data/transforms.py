@@ -1,0 +1,77 @@
+"""The VLA-0 image pipeline: crop + colour jitter in training, centre crop at test time, then the views' layout.
+
+Numpy + PIL only (no torch, no torchvision), so the exact same code runs in DataLoader workers, in the policy at test
+time, and on machines without torchvision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from tinyvla.core.prompt import view_images
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How raw camera frames become model images; saved in policy.json so a policy sees what it was trained on."""
+
+    image_size: int = 224  # side of each view after crop + resize
+    crop_scale: float = 0.875  # crop this fraction of the side (VLA-0: 256 -> 224)
+    color_jitter: bool = True  # training only
+    tile_views: bool = True
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "crop_scale": self.crop_scale, "color_jitter": self.color_jitter,
+                "tile_views": self.tile_views}
+
+
+def crop(image: np.ndarray, scale: float, rng: np.random.Generator | None) -> np.ndarray:
+    """A square-ish crop of `scale` x each side: random position when `rng` is given, else centred."""
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    if rng is None:
+        top, left = (h - ch) // 2, (w - cw) // 2
+    else:
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return image[top : top + ch, left : left + cw]
+
+
+def shift_hue(img: Image.Image, shift: float) -> Image.Image:
+    """Rotate hue by `shift` of a full turn (0.05 = 18 degrees)."""
+    hsv = np.array(img.convert("HSV"), dtype=np.int16)
+    hsv[..., 0] = (hsv[..., 0] + int(round(shift * 255))) % 256
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+
+
+def color_jitter(img: Image.Image, rng: np.random.Generator, strength: float = 0.2, hue: float = 0.05) -> Image.Image:
+    """Brightness, contrast, saturation in [1 - s, 1 + s] and hue in [-h, h], applied in a random order."""
+    ops = [
+        lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+        lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+        lambda im: ImageEnhance.Color(im).enhance(rng.uniform(1 - strength, 1 + strength)),
+        lambda im: shift_hue(im, rng.uniform(-hue, hue)) if hue > 0 else im,
+    ]
+    for i in rng.permutation(len(ops)):
+        img = ops[i](img)
+    return img
+
+
+def transform_view(image: np.ndarray, spec: ImageSpec, rng: np.random.Generator | None) -> np.ndarray:
+    """One camera frame -> the model's view. `rng` given = training (random crop, jitter); None = evaluation."""
+    out = crop(np.asarray(image), spec.crop_scale, rng)
+    img = Image.fromarray(out)
+    if img.size != (spec.image_size, spec.image_size):
+        img = img.resize((spec.image_size, spec.image_size), Image.BILINEAR)
+    if rng is not None and spec.color_jitter:
+        img = color_jitter(img, rng)
+    return np.asarray(img)
+
+
+def model_images(image: np.ndarray, wrist_image: np.ndarray, spec: ImageSpec,
+                 rng: np.random.Generator | None = None) -> list[Image.Image]:
+    """Both camera frames -> the PIL images the processor gets (one tiled image or two)."""
+    views = view_images(transform_view(image, spec, rng), transform_view(wrist_image, spec, rng), spec.tile_views)
+    return [Image.fromarray(v) for v in views]

@@ -1,0 +1,56 @@
+"""Input transforms: camera frames + instruction (+ action text in training) -> token ids, labels and pixels.
+
+Training and inference call the same functions, so a policy reads exactly what it was trained on. The prompt is the
+chat the processor renders (system, user = images then instruction, assistant generation prompt); in training the
+action text and the end-of-turn token follow it, and only those are supervised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinyvla.core.masking import mask_action_tokens
+from tinyvla.core.prompt import PromptSpec
+from tinyvla.data.transforms import ImageSpec, model_images
+
+IGNORE = -100  # label value the loss skips
+
+
+def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, image: np.ndarray, wrist_image: np.ndarray,
+                  instruction: str, rng: np.random.Generator | None = None) -> dict:
+    """One observation -> {input_ids (list), pixel_values, image_grid_thw}, ready for `processor.collate`."""
+    images = model_images(image, wrist_image, image_spec, rng)
+    return processor.build_prompt(images, instruction, prompt.system)
+
+
+def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec, sample: dict, action_text: str,
+                            rng: np.random.Generator | None, mask_prob: float = 0.0, mask_token_id: int | None = None,
+                            unmasked_fraction: float = 0.1) -> dict:
+    """A dataset sample + its action text -> model inputs with labels on the action text and end-of-turn only.
+
+    `rng` given = training: random crop, colour jitter and masked action augmentation (when mask_prob > 0).
+    """
+    item = encode_prompt(processor, prompt, image_spec, sample["image"], sample["wrist_image"], sample["instruction"], rng)
+    prompt_ids = list(item["input_ids"])
+    action_ids = processor.encode_action_text(action_text)
+    tail = list(processor.end_of_turn_ids)
+    input_ids = prompt_ids + action_ids + tail
+    labels = [IGNORE] * len(prompt_ids) + action_ids + tail
+    if rng is not None and mask_prob > 0:
+        input_ids, labels = mask_action_tokens(
+            input_ids, labels, action_start=len(prompt_ids), action_len=len(action_ids), mask_token_id=mask_token_id,
+            mask_prob=mask_prob, unmasked_fraction=unmasked_fraction, rng=rng,
+        )
+    item["input_ids"] = [int(x) for x in input_ids]
+    item["labels"] = [int(x) for x in labels]
+    return item
+
+
+def mask_token_id(processor, mask_char: str) -> int:
+    ids = processor.encode_action_text(mask_char)
+    if len(ids) != 1:
+        from tinyvla.errors import UserError
+
+        raise UserError(f"actions.mask_char {mask_char!r} is {len(ids)} tokens for this tokenizer; pick a character "
+                        "that is a single token, such as '?'")
+    return ids[0]

@@ -1,0 +1,192 @@
+"""A policy = input transforms + model + output transforms. Anything that acts (eval, export, your robot) takes one.
+
+    policy = Policy.from_pretrained("runs/tiny-cpu/final")
+    chunk = policy.predict_chunk(image, wrist_image, "pick up the red block")   # (H, D) actions
+    policy.reset()
+    action = policy.act({"image": ..., "wrist_image": ...}, "pick up the red block")  # (D,), ensembled
+
+Inputs: both camera frames -> crop/resize/tile -> the VLA-0 chat. Model: constrained greedy decoding, so the output is
+always exactly H x D integers in 0..B. Outputs: parse -> decode with the saved action stats -> temporal ensembling.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tinyvla.core.codec import ActionCodec, ActionStats
+from tinyvla.core.ensemble import BatchEnsembler
+from tinyvla.core.prompt import PromptSpec
+from tinyvla.data.transforms import ImageSpec
+from tinyvla.errors import UserError
+
+POLICY_FORMAT = 1  # bump when policy.json changes incompatibly
+
+
+class Policy:
+    def __init__(self, model, processor, codec: ActionCodec, prompt: PromptSpec, image_spec: ImageSpec,
+                 ensemble: dict | None = None, meta: dict | None = None):
+        import torch
+
+        from tinyvla.core.grammar import ActionGrammar, TokenConstraint, vocab_from_tokenizer
+
+        self.model = model.eval()
+        self.processor = processor
+        self.codec = codec
+        self.prompt = prompt
+        self.image_spec = image_spec
+        self.ensemble_cfg = {"weighting": "vla0", "max_chunks": 8, "exp_w": 0.5, "execute_horizon": 1, **(ensemble or {})}
+        self.meta = meta or {}
+        self.device = next(model.parameters()).device
+        self.grammar = ActionGrammar(prompt.horizon, prompt.dim, prompt.bins)
+        self.constraint = TokenConstraint(self.grammar, vocab_from_tokenizer(processor.tokenizer),
+                                          eos_ids=list(processor.eos_token_ids))
+        self.forward_passes = 0  # model forward calls made while predicting: the speed work's unit
+        self._ensembler: BatchEnsembler | None = None
+        self._steps: list[int] = []
+        self._torch = torch
+
+    # -- construction -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: str | None = None) -> "Policy":
+        """Load a policy directory written by `tinyvla train` or `tinyvla export` (or a hub id of one)."""
+        from tinyvla.policy_dir import load_policy_dir
+
+        return load_policy_dir(path, device=device, dtype=dtype)
+
+    # -- prediction -------------------------------------------------------------------------------------------------
+    def encode_batch(self, images: list[np.ndarray], wrist_images: list[np.ndarray], instructions: list[str]) -> dict:
+        from tinyvla.inputs import encode_prompt
+
+        items = [encode_prompt(self.processor, self.prompt, self.image_spec, im, wr, ins)
+                 for im, wr, ins in zip(images, wrist_images, instructions)]
+        batch = self.processor.collate(items, padding_side="left")
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def generate_text(self, images, wrist_images, instructions, draft: list[list[int]] | None = None) -> list[str]:
+        """Constrained greedy decoding for a batch of observations -> the action texts."""
+        from tinyvla.modeling.constrained import ActionLogitsProcessor
+
+        torch = self._torch
+        batch = self.encode_batch(images, wrist_images, instructions)
+        prompt_len = batch["input_ids"].shape[1]
+        counter = _ForwardCounter(self.model)
+        with torch.inference_mode(), counter:
+            out = self.model.generate(
+                **batch,
+                logits_processor=[ActionLogitsProcessor(self.constraint)],
+                do_sample=False,
+                max_new_tokens=self.grammar.max_length + 1,
+                eos_token_id=list(self.processor.eos_token_ids),
+                pad_token_id=self.processor.pad_token_id,
+            )
+        self.forward_passes += counter.calls
+        return self.processor.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+
+    def predict_chunks(self, images, wrist_images, instructions) -> np.ndarray:
+        """(B, H, D) continuous actions for B observations."""
+        texts = self.generate_text(images, wrist_images, instructions)
+        return np.stack([self.codec.text_to_actions(t, ins) for t, ins in zip(texts, instructions)])
+
+    def predict_chunk(self, image: np.ndarray, wrist_image: np.ndarray, instruction: str) -> np.ndarray:
+        return self.predict_chunks([image], [wrist_image], [instruction])[0]
+
+    # -- acting with ensembling -------------------------------------------------------------------------------------
+    def reset(self, num_envs: int = 1) -> None:
+        """Start new episodes: forget every stored chunk."""
+        cfg = self.ensemble_cfg
+        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim, weighting=cfg["weighting"],
+                                         max_chunks=cfg["max_chunks"], exp_w=cfg["exp_w"],
+                                         execute_horizon=cfg["execute_horizon"])
+        self._steps = [0] * num_envs
+
+    def reset_env(self, i: int) -> None:
+        self._ensembler.reset(i)
+        self._steps[i] = 0
+
+    def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None) -> np.ndarray:
+        """One action per observation; re-queries the model only for envs whose ensembler asks for a new chunk."""
+        if self._ensembler is None:
+            self.reset(len(observations))
+        env_ids = list(range(len(observations))) if env_ids is None else env_ids
+        need = [k for k, e in enumerate(env_ids) if self._ensembler.needs_query(e, self._steps[e])]
+        if need:
+            chunks = self.predict_chunks([observations[k]["image"] for k in need],
+                                         [observations[k]["wrist_image"] for k in need], [instructions[k] for k in need])
+            for k, chunk in zip(need, chunks):
+                self._ensembler.add(env_ids[k], chunk, self._steps[env_ids[k]])
+        actions = []
+        for e in env_ids:
+            actions.append(self._ensembler.action(e, self._steps[e]))
+            self._steps[e] += 1
+        return np.stack(actions).astype(np.float32)
+
+    def act(self, observation: dict, instruction: str) -> np.ndarray:
+        return self.act_batch([observation], [instruction])[0]
+
+    # -- description ------------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """What policy.json records about how this policy reads and writes."""
+        return {
+            "format": POLICY_FORMAT,
+            "horizon": self.prompt.horizon,
+            "dim": self.prompt.dim,
+            "bins": self.prompt.bins,
+            "system_prompt": self.prompt.system,
+            "image": self.image_spec.to_dict(),
+            "action_stats": self.codec.stats.to_dict(),
+            "per_task_bounds": self.codec.per_task_bounds,
+            "gripper_dim": self.codec.gripper_dim,
+            "ensemble": self.ensemble_cfg,
+            **self.meta,
+        }
+
+
+class _ForwardCounter:
+    """Counts model forward calls inside a `with` block (a forward pre-hook on the top module)."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.handle = model, 0, None
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) -> Policy:
+    """Rebuild a Policy from a loaded model/processor and a policy.json dict, validating it."""
+    for key in ("horizon", "dim", "bins", "action_stats", "image"):
+        if key not in cfg:
+            raise UserError(f"policy.json has no '{key}': this directory was not written by tinyvla train/export")
+    stats = ActionStats.from_dict(cfg["action_stats"])
+    if stats.dim != cfg["dim"]:
+        raise UserError(f"policy.json: action stats have {stats.dim} dimensions but dim is {cfg['dim']}; "
+                        "re-export the policy with matching stats")
+    prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
+                        tile_views=cfg["image"].get("tile_views", True))
+    if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
+        raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
+    image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")
+                              if k in cfg["image"]})
+    codec = ActionCodec(stats, horizon=cfg["horizon"], bins=cfg["bins"], per_task_bounds=cfg.get("per_task_bounds", False),
+                        gripper_dim=cfg.get("gripper_dim", 6))
+    return Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)
+
+
+def read_policy_json(path: Path) -> dict:
+    file = path / "policy.json"
+    if not file.is_file():
+        raise UserError(f"{path} is not a policy directory (no policy.json); pass a `tinyvla train` output such as "
+                        "runs/NAME/final or an exported policy")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); re-export the policy") from None
