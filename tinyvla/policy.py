@@ -78,7 +78,7 @@ class Policy:
                 **batch,
                 logits_processor=[ActionLogitsProcessor(self.constraint)],
                 do_sample=False,
-                max_new_tokens=self.grammar.max_length + 1,
+                max_new_tokens=self.grammar.max_chars + 1,
                 eos_token_id=list(self.processor.eos_token_ids),
                 pad_token_id=self.processor.pad_token_id,
             )
@@ -110,18 +110,17 @@ class Policy:
         """One action per observation; re-queries the model only for envs whose ensembler asks for a new chunk."""
         if self._ensembler is None:
             self.reset(len(observations))
-        env_ids = list(range(len(observations))) if env_ids is None else env_ids
-        need = [k for k, e in enumerate(env_ids) if self._ensembler.needs_query(e, self._steps[e])]
+        env_ids = list(range(len(observations))) if env_ids is None else list(env_ids)
+        steps = [self._steps[e] for e in env_ids]
+        need = [k for k, (e, t) in enumerate(zip(env_ids, steps)) if self._ensembler[e].needs_query(t)]
         if need:
             chunks = self.predict_chunks([observations[k]["image"] for k in need],
                                          [observations[k]["wrist_image"] for k in need], [instructions[k] for k in need])
-            for k, chunk in zip(need, chunks):
-                self._ensembler.add(env_ids[k], chunk, self._steps[env_ids[k]])
-        actions = []
+            self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
+        actions = self._ensembler.action(env_ids, steps)
         for e in env_ids:
-            actions.append(self._ensembler.action(e, self._steps[e]))
             self._steps[e] += 1
-        return np.stack(actions).astype(np.float32)
+        return np.asarray(actions, dtype=np.float32)
 
     def act(self, observation: dict, instruction: str) -> np.ndarray:
         return self.act_batch([observation], [instruction])[0]

@@ -1,0 +1,131 @@
+"""The policy directory: what `train` writes as DIR/final and `export` writes for others.
+
+    policy.json          H, D, B, action stats, prompt + image layout, ensembling defaults, recipe, dataset, versions
+    action_stats.json    the codec's stats on their own (what `data stats --save-stats` writes)
+    model/               config.json + model.safetensors (the base weights when a LoRA adapter is kept apart),
+                         tokenizer + image processor files
+    adapter/             optional peft LoRA adapter (adapter_config.json + adapter_model.safetensors)
+    README.md            a model card (export)
+
+Loading reads safetensors only — a directory holding pickled weights (*.bin, *.pt, *.pkl) is refused — and never runs
+remote code.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from tinyvla.core.atomic import atomic_dir, write_json_atomic
+from tinyvla.errors import UserError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    import tinyvla
+
+    out = {"tinyvla": tinyvla.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version()}
+    try:
+        import peft
+
+        out["peft"] = peft.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def save_model_weights(model, directory: Path, merge_lora: bool = False, dtype=None) -> bool:
+    """Save `model` under directory/model (and directory/adapter for unmerged LoRA). Returns True if an adapter was
+    written. Merging modifies a peft model in place, so callers merge only a model they are done training."""
+    import torch
+
+    if is_peft_model(model) and merge_lora:
+        model = model.merge_and_unload()
+    has_adapter = is_peft_model(model)
+    base = model.get_base_model() if has_adapter else model
+    state = base.state_dict()
+    if has_adapter:
+        # The base weights without the injected LoRA layers: the names a stock model expects.
+        state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+    if dtype is not None:
+        state = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in state.items()}
+        base.config.dtype = str(dtype).replace("torch.", "")
+    base.save_pretrained(directory / "model", state_dict=state, safe_serialization=True)
+    if has_adapter:
+        model.save_pretrained(directory / "adapter", safe_serialization=True)
+    return has_adapter
+
+
+def save_policy_dir(policy, out: str | Path, recipe: dict | None = None, merge_lora: bool = False, dtype=None,
+                    extra: dict | None = None) -> Path:
+    """Write `policy` to `out` atomically: the directory appears complete or not at all."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        has_adapter = save_model_weights(policy.model, tmp, merge_lora=merge_lora, dtype=dtype)
+        policy.processor.save_pretrained(tmp / "model")
+        cfg = policy.config()
+        cfg.update({"lora_adapter": has_adapter, "versions": versions(), **(extra or {})})
+        if recipe is not None:
+            cfg["recipe"] = recipe
+        write_json_atomic(tmp / "policy.json", cfg)
+        write_json_atomic(tmp / "action_stats.json", policy.codec.stats.to_dict())
+    return out
+
+
+def check_safe_files(path: Path) -> None:
+    """Refuse pickled weights: loading them can execute arbitrary code."""
+    pickled = [p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise UserError(f"{pickled[0]} is a pickle-format file; tinyvla loads safetensors only. Re-save the weights "
+                        "with safetensors (model.save_pretrained(dir, safe_serialization=True))")
+    if not any((path / "model").glob("*.safetensors")):
+        raise UserError(f"{path / 'model'} has no .safetensors weights; export the policy again with tinyvla export")
+
+
+def resolve_policy_path(path: str | Path) -> Path:
+    """A local directory, or a hub repo id downloaded through huggingface_hub."""
+    local = Path(path)
+    if local.exists():
+        return local
+    if str(path).count("/") == 1 and not str(path).startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja",
+                                                                      "*.md", "*.yaml", "**/*"]))
+        except Exception as err:  # offline, missing repo, auth: one line, with the local alternative
+            raise UserError(f"could not download policy {path} from the hub ({type(err).__name__}); pass a local "
+                            "policy directory instead") from None
+    raise UserError(f"policy not found: {path} (pass a directory written by tinyvla train/export, e.g. runs/NAME/final)")
+
+
+def load_policy_dir(path: str | Path, device: str | None = None, dtype: str | None = None):
+    """Load a policy directory into a ready `Policy` (validated)."""
+    import torch
+
+    from tinyvla.modeling.loading import load_policy_model
+    from tinyvla.policy import policy_from_config, read_policy_json
+
+    root = resolve_policy_path(path)
+    cfg = read_policy_json(root)
+    check_safe_files(root)
+    model, processor = load_policy_model(root / "model", dtype=dtype or "fp32")
+    if (root / "adapter").is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(root / "adapter"))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    meta = {k: cfg[k] for k in ("dataset", "base_model", "recipe") if k in cfg}
+    policy = policy_from_config(model, processor, cfg, meta=meta)
+    policy.source = str(root)
+    return policy
