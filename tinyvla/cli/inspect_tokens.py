@@ -31,7 +31,7 @@ def _processor_for(model_name: str, tokenizer_name: str | None):
         # Published Qwen-VL models: their architecture is in the project and their vocabulary is Qwen's.
         short = ref.name.split(":", 1)[-1]
         tok = load_tokenizer(tokenizer_name or "qwen")
-        return processor_for_config(arch_config(short), tok, ref.family), ref
+        return processor_for_config(arch_config("arch:" + short), tok, ref.family), ref
     from tinyvla.modeling.processor import VLAProcessor
 
     tok = load_tokenizer(tokenizer_name) if tokenizer_name else None
