@@ -102,14 +102,29 @@ def test_qwen_is_cached_on_disk(qwen, cache_dir):
 
 def test_tiny_matches_qwen_on_action_text(qwen):
     tiny = tiny_tokenizer()
-    assert len(tiny) == 256 + len(QWEN_ADDED_TOKENS)
+    base = len(tiny) - len(QWEN_ADDED_TOKENS)
+    assert 256 < base < 2000  # bytes + the corpus words: a vocabulary a tiny model can afford
     text = action_text(3)
     t_ids, q_ids = tiny.encode(text, add_special_tokens=False), qwen.encode(text, add_special_tokens=False)
     assert t_ids == [ord(c) for c in text]  # id = byte value
     # Same segmentation: the same token strings, one per character.
     assert tiny.convert_ids_to_tokens(t_ids) == qwen.convert_ids_to_tokens(q_ids)
     for i, (token, _) in enumerate(QWEN_ADDED_TOKENS):
-        assert tiny.convert_tokens_to_ids(token) == 256 + i
+        assert tiny.convert_tokens_to_ids(token) == base + i
+
+
+def test_tiny_tokenizes_the_prompt_and_instructions_like_qwen(qwen):
+    from tinyvla.core.prompt import system_prompt
+    from tinyvla.tokenizers import tiny_corpus
+
+    tiny = tiny_tokenizer()
+    for text in [system_prompt(8, 7, 1000), system_prompt(4, 7, 250), *tiny_corpus()]:
+        t, q = tiny.encode(text, add_special_tokens=False), qwen.encode(text, add_special_tokens=False)
+        assert tiny.convert_ids_to_tokens(t) == qwen.convert_ids_to_tokens(q), text
+    # Words outside the corpus still round-trip, in smaller pieces.
+    odd = "zyzzyva quux"
+    assert tiny.decode(tiny.encode(odd, add_special_tokens=False)) == odd
+    assert len(tiny.encode(odd, add_special_tokens=False)) > len(qwen.encode(odd, add_special_tokens=False))
 
 
 def test_tiny_roundtrip_and_determinism(tmp_path):

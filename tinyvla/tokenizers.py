@@ -240,14 +240,82 @@ def _save_to_cache(tok, path: Path, marker: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def tiny_tokenizer():
-    """256 byte tokens (id = byte value) + the Qwen added-token strings at ids 256..281; no merges.
+def tiny_corpus() -> list[str]:
+    """The text a tiny tokenizer gets whole-word tokens for: the VLA-0 system prompt and every built-in instruction."""
+    from tinyvla.core.prompt import SYSTEM_PROMPT_TEMPLATE
 
-    Deterministic: built from constants in a few milliseconds, so it needs no cache.
+    texts = [SYSTEM_PROMPT_TEMPLATE]
+    try:
+        from tinyvla.envs.blockfind import COLORS
+
+        texts += [f"pick up the {c} block" for c in COLORS]
+    except ImportError:  # pragma: no cover - BlockFind ships with the package
+        pass
+    tasks = Path(__file__).parent / "data" / "libero_tasks.json"
+    if tasks.is_file():
+        texts += [t for suite in json.loads(tasks.read_text()).values() for t in suite]
+    return texts
+
+
+def build_tiny_tokenizer():
+    """Qwen's BPE pruned to the 256 bytes + the tokens Qwen itself uses for `tiny_corpus()`.
+
+    Why not bytes alone: the system prompt alone is ~250 byte tokens but ~60 Qwen tokens, and sequence length is what
+    a CPU step costs. Pruning (rather than training a new BPE) keeps the tokenization of those words identical to the
+    real Qwen tokenizer's, and it is deterministic. Digits and spaces between them stay single tokens (the pre-tokenizer
+    splits every digit), so action text is still one token per character. Unseen words fall back to smaller pieces.
     """
+    from tokenizers import Regex, pre_tokenizers
+
+    ranks = _read_tiktoken_ranks(_qwen_tiktoken_path())
+    split = pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False)
+    used: set[bytes] = set()
+    for text in tiny_corpus():
+        for piece, _ in split.pre_tokenize_str(text):
+            parts = [bytes([b]) for b in piece.encode("utf-8")]
+            while len(parts) > 1:  # tiktoken's rule: join the adjacent pair whose union has the lowest rank
+                best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 62))
+                joined = parts[best] + parts[best + 1]
+                if joined not in ranks:
+                    break
+                used.add(joined)
+                parts[best : best + 2] = [joined]
     b2u = _byte_to_unicode()
+
+    def to_str(b: bytes) -> str:
+        return "".join(b2u[x] for x in b)
+
     vocab = {b2u[b]: b for b in range(256)}
-    return _assemble(vocab, [])
+    for k, token in enumerate(sorted(used, key=ranks.__getitem__)):
+        vocab[to_str(token)] = 256 + k
+    merges = []
+    for token in used:
+        for i in range(1, len(token)):
+            left, right = token[:i], token[i:]
+            if (len(left) == 1 or left in used) and (len(right) == 1 or right in used):
+                merges.append((ranks[token], ranks.get(left, -1), left, right))
+    merges.sort()
+    return _assemble(vocab, [(to_str(left), to_str(right)) for _, _, left, right in merges])
+
+
+_TINY_BUILD_VERSION = 2
+
+
+def tiny_tokenizer():
+    """The tiny models' tokenizer (see `build_tiny_tokenizer`): ~560 tokens, built once, then loaded from the cache."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = cache_root() / "tokenizers" / "tiny"
+    marker = path / _BUILD_MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("version") == _TINY_BUILD_VERSION:
+                return PreTrainedTokenizerFast.from_pretrained(str(path))
+        except (OSError, ValueError):
+            pass
+    tok = build_tiny_tokenizer()
+    _save_to_cache(tok, path, {"version": _TINY_BUILD_VERSION, "source": "qwen.tiktoken pruned to tiny_corpus()"})
+    return tok
 
 
 def load_tokenizer(name_or_path: str):
