@@ -43,16 +43,17 @@ def is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
-def save_model_weights(model, directory: Path, merge_lora: bool = False, dtype=None) -> bool:
+def save_model_weights(model, directory: Path, merge_lora: bool = False, dtype=None, state_dict=None) -> bool:
     """Save `model` under directory/model (and directory/adapter for unmerged LoRA). Returns True if an adapter was
-    written. Merging modifies a peft model in place, so callers merge only a model they are done training."""
+    written. Merging modifies a peft model in place, so callers merge only a model they are done training.
+    `state_dict`: the full weights when the live module holds only a shard (FSDP: `accelerator.get_state_dict`)."""
     import torch
 
     if is_peft_model(model) and merge_lora:
         model = model.merge_and_unload()
     has_adapter = is_peft_model(model)
     base = model.get_base_model() if has_adapter else model
-    state = base.state_dict()
+    state = state_dict if state_dict is not None else base.state_dict()
     if has_adapter:
         # The base weights without the injected LoRA layers: the names a stock model expects.
         state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
@@ -66,11 +67,11 @@ def save_model_weights(model, directory: Path, merge_lora: bool = False, dtype=N
 
 
 def save_policy_dir(policy, out: str | Path, recipe: dict | None = None, merge_lora: bool = False, dtype=None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, state_dict=None) -> Path:
     """Write `policy` to `out` atomically: the directory appears complete or not at all."""
     out = Path(out)
     with atomic_dir(out) as tmp:
-        has_adapter = save_model_weights(policy.model, tmp, merge_lora=merge_lora, dtype=dtype)
+        has_adapter = save_model_weights(policy.model, tmp, merge_lora=merge_lora, dtype=dtype, state_dict=state_dict)
         policy.processor.save_pretrained(tmp / "model")
         cfg = policy.config()
         cfg.update({"lora_adapter": has_adapter, "versions": versions(), **(extra or {})})

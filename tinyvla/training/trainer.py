@@ -308,9 +308,11 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     logger.log_eval(step, evaluate_heldout())
     seconds = time.time() - start
     policy_dir = out_dir / "final"
+    # Under FSDP each process holds a shard: gather the full weights (every process must take part).
+    full_state = accelerator.get_state_dict(model) if accelerator.distributed_type.name == "FSDP" else None
     if main:
         save_recipe(recipe, out_dir / "recipe.yaml")
-        save_policy_dir(make_policy(), policy_dir, recipe=recipe.to_dict())
+        save_policy_dir(make_policy(), policy_dir, recipe=recipe.to_dict(), state_dict=full_state)
         logger.finish(step, last_loss, seconds)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, policy_dir, step, last_loss, seconds)
