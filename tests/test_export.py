@@ -1,0 +1,116 @@
+"""Export and the Python policy API: same actions from a training output and its export; unsafe dirs refused."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyvla.cli.main import main
+from tinyvla.errors import UserError
+from tinyvla.export import export_policy
+from tinyvla.policy import Policy
+from tinyvla.recipe import load_recipe
+from tinyvla.training.smoke import smoke_recipe
+from tinyvla.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "libero_v20_tiny"
+TASK = "put the cream cheese in the bowl"
+
+
+def observations(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)], \
+           [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def trained(tmp_path_factory, *overrides) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml",
+                                   [f"data.repo={FIXTURE}", "data.suite=null", f"train.out_dir={out}", *overrides]))
+    cfg.train.max_steps = 3
+    cfg.train.lr = 3e-2  # a few big steps: weights far from init, so a mismatch would show
+    return train(cfg, smoke_test=True).policy_dir
+
+
+@pytest.fixture(scope="module")
+def full_ft(tmp_path_factory):
+    return trained(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    return trained(tmp_path_factory, "model.lora.enabled=true", "model.lora.r=4")
+
+
+def chunks(path):
+    policy = Policy.from_pretrained(path, device="cpu")
+    images, wrists = observations()
+    return policy.predict_chunks(images, wrists, [TASK] * len(images))
+
+
+def test_export_gives_bit_identical_actions(full_ft, tmp_path):
+    assert main(["export", str(full_ft), "--out", str(tmp_path / "exp")]) == 0
+    exported = tmp_path / "exp"
+    cfg = json.loads((exported / "policy.json").read_text())
+    for key in ("horizon", "dim", "bins", "action_stats", "system_prompt", "image", "ensemble", "recipe", "versions",
+                "dataset"):
+        assert key in cfg, key
+    assert (exported / "README.md").read_text().startswith("---")
+    assert list((exported / "model").glob("*.safetensors"))
+    a, b = chunks(full_ft), chunks(exported)
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+
+
+def test_lora_merged_and_unmerged_exports_act_the_same(lora, tmp_path):
+    export_policy(lora, tmp_path / "kept")
+    export_policy(lora, tmp_path / "merged", merge_lora=True)
+    assert (tmp_path / "kept" / "adapter").is_dir() and not (tmp_path / "merged" / "adapter").exists()
+    base = chunks(lora)
+    assert np.array_equal(base, chunks(tmp_path / "kept"))
+    assert np.array_equal(base, chunks(tmp_path / "merged"))
+
+
+def test_policy_act_ensembles_over_steps(full_ft):
+    policy = Policy.from_pretrained(full_ft, device="cpu")
+    images, wrists = observations(1)
+    policy.reset()
+    first = policy.act({"image": images[0], "wrist_image": wrists[0]}, TASK)
+    chunk = policy.predict_chunk(images[0], wrists[0], TASK)
+    assert np.array_equal(first, chunk[0])  # one chunk so far: the action is its first row
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda c: c.pop("action_stats"), "no 'action_stats'"),
+    (lambda c: c.update(dim=6), "action stats have 7 dimensions but dim is 6"),
+    (lambda c: c.update(horizon=9), "system_prompt does not match"),
+])
+def test_hand_corrupted_policy_json_is_refused(full_ft, tmp_path, corrupt, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(full_ft, bad)
+    cfg = json.loads((bad / "policy.json").read_text())
+    corrupt(cfg)
+    (bad / "policy.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=message):
+        Policy.from_pretrained(bad, device="cpu")
+
+
+def test_pickle_weights_are_refused(full_ft, tmp_path):
+    bad = tmp_path / "pickled"
+    shutil.copytree(full_ft, bad)
+    for f in (bad / "model").glob("*.safetensors"):
+        f.unlink()
+    (bad / "model" / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(UserError, match="pickle"):
+        Policy.from_pretrained(bad, device="cpu")
+    assert main(["eval", str(bad), "--suite", "blockfind-reach", "--episodes-per-task", "1",
+                 "--out", str(tmp_path / "e")]) == 2
+
+
+def test_not_a_policy_dir(tmp_path):
+    with pytest.raises(UserError, match="not a policy directory"):
+        Policy.from_pretrained(tmp_path, device="cpu")
+    with pytest.raises(UserError, match="policy not found"):
+        Policy.from_pretrained(tmp_path / "nope", device="cpu")
