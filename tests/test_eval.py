@@ -408,3 +408,11 @@ def test_libero_random_episode(tmp_path):
     assert v["mujoco"] and v["robosuite"] and v["libero"] and v["torch"]
     (video,) = (tmp_path / "videos").iterdir()
     assert video.suffix == ".mp4" and video.stat().st_size > 10_000
+
+
+def test_training_probe_uses_the_rollout_code():
+    from tinyvla.evaluation.probe import probe_success
+    from tinyvla.evaluation.rollout import ExpertPolicy, RandomPolicy
+
+    assert probe_success(ExpertPolicy(), "blockfind-reach", episodes=10, num_envs=5) >= 0.9
+    assert probe_success(RandomPolicy(seed=0), "blockfind-reach", episodes=10, num_envs=5) <= 0.5

@@ -99,6 +99,8 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept on disk
     eval_every: int = 500  # held-out action error interval in steps (0 = only at the end)
     eval_batches: int = 4
+    rollout_every: int = 0  # closed-loop success probe interval in steps (BlockFind suites; 0 = off)
+    rollout_episodes: int = 20  # episodes per probe: more = less noisy, slower
     num_threads: int | None = None  # CPU threads for torch (None = torch's default)
     tensorboard: bool = True
     wandb: bool = False

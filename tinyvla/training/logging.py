@@ -90,6 +90,17 @@ class TrainLogger:
                 f"step {step}: held-out L1 {result['l1_mean']:.4f} (predict-the-mean {result['l1_baseline_mean']:.4f}), "
                 f"grammar-valid {result['grammar_valid_rate']:.0%}")
 
+    def log_probe(self, step: int, success_rate: float):
+        if not self.enabled:
+            return
+        self._write({"step": step, "time": time.time(), "probe_success": success_rate})
+        if self.tb is not None:
+            self.tb.add_scalar("eval/probe_success", success_rate, step)
+        if self.wandb is not None:
+            self.wandb.log({"eval/probe_success": success_rate}, step=step)
+        if self.progress_bar is not None:
+            self.progress_bar.console.print(f"step {step}: closed-loop probe success {success_rate:.0%}")
+
     def finish(self, step: int, loss: float, seconds: float):
         if not self.enabled:
             return

@@ -30,7 +30,7 @@ from tinyvla.core.codec import ActionCodec
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
-from tinyvla.recipe import Recipe, save_recipe
+from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
 CHECKPOINT_PREFIX = "step-"
@@ -227,6 +227,15 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         model.train()
         return result
 
+    def probe():
+        if not main or cfg.rollout_every <= 0 or recipe.data.suite not in BLOCKFIND_SUITES:
+            return
+        from tinyvla.evaluation.probe import probe_success
+
+        rate = probe_success(make_policy(), recipe.data.suite, episodes=cfg.rollout_episodes)
+        model.train()
+        logger.log_probe(step, rate)
+
     def save_checkpoint():
         accelerator.wait_for_everyone()
         final = ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -293,6 +302,8 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
                     window = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.time()}
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     logger.log_eval(step, evaluate_heldout())
+                if cfg.rollout_every and step % cfg.rollout_every == 0 and step < total_steps:
+                    probe()
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                     save_checkpoint()
             if epoch_done:
@@ -306,6 +317,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     # Finish: a checkpoint to resume from, the held-out error, then the policy directory -------------------------------
     save_checkpoint()
     logger.log_eval(step, evaluate_heldout())
+    probe()
     seconds = time.time() - start
     policy_dir = out_dir / "final"
     # Under FSDP each process holds a shard: gather the full weights (every process must take part).
