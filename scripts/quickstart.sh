@@ -11,4 +11,5 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -c constraints-cpu.txt -e .
 export HF_HUB_OFFLINE=1
 tinyvla train recipes/tiny-cpu.yaml --out runs/tiny-cpu "$@"
-tinyvla eval runs/tiny-cpu/final --suite blockfind-reach --out runs/tiny-cpu/eval-blockfind-reach
+tinyvla eval runs/tiny-cpu/final --suite blockfind-reach --episodes-per-task 100 --num-envs 10 --num-threads 1 \
+  --out runs/tiny-cpu/eval-blockfind-reach
