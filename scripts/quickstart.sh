@@ -3,13 +3,8 @@
 #   bash scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-python -m pip install -q "torch==2.13.0"
+. scripts/venv.sh
 python -m pip install -q -c constraints-cpu.txt -e .
-export HF_HUB_OFFLINE=1
 tinyvla train recipes/tiny-cpu.yaml --out runs/tiny-cpu "$@"
 tinyvla eval runs/tiny-cpu/final --suite blockfind-reach --episodes-per-task 100 --num-envs 10 --num-threads 1 \
   --out runs/tiny-cpu/eval-blockfind-reach

