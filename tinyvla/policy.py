@@ -44,8 +44,21 @@ class Policy:
         self.constraint = TokenConstraint(self.grammar, vocab_from_tokenizer(processor.tokenizer),
                                           eos_ids=list(processor.eos_token_ids))
         self.forward_passes = 0  # model forward calls made while predicting: the speed work's unit
+        # Decoding totals since construction (the bench reads them): generate calls, chunks written, forward passes,
+        # tokens written, draft tokens fed and kept.
+        self.decode_stats = {"calls": 0, "chunks": 0, "passes": 0, "tokens": 0, "drafted": 0, "accepted": 0}
+        # Chunk-shift speculative decoding in act_batch (tinyvla/modeling/speculative.py): each env's previous chunk,
+        # shifted by the steps since, drafts its next one. Same actions, far fewer forward passes. Off by default;
+        # eval turns it on from the recipe's eval.speculative.
+        self.speculative = False
+        self.spec_options = {"redraft": True, "reuse_cache": True, "adaptive": True, "max_draft_tokens": None}
+        # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
+        # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
+        self.generate_kwargs: dict = {}
         self._ensembler: BatchEnsembler | None = None
         self._steps: list[int] = []
+        self._last_codes: dict[int, tuple[int, np.ndarray]] = {}  # env -> (query step, (H, D) int codes)
+        self._start_codes: np.ndarray | None = None  # the latest chunk written at an episode's first step
         self._torch = torch
 
     # -- construction -----------------------------------------------------------------------------------------------
@@ -65,33 +78,74 @@ class Policy:
         batch = self.processor.collate(items, padding_side="left")
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
-    def generate_text(self, images, wrist_images, instructions, draft: list[list[int]] | None = None) -> list[str]:
-        """Constrained greedy decoding for a batch of observations -> the action texts."""
-        from tinyvla.modeling.constrained import ActionLogitsProcessor
+    def generate_text(self, images, wrist_images, instructions, draft: list | None = None) -> list[str]:
+        """Constrained greedy decoding for a batch of observations -> the action texts.
 
+        draft: per observation a guess of its answer as H*D int codes (a flat list or an (H, D) array), or None. With
+        any draft given, decoding is speculative (tinyvla/modeling/speculative.py): the text is the same, the number
+        of forward passes is not. Without, this is transformers' `generate`: the reference the speculative path is
+        tested against.
+        """
         torch = self._torch
         batch = self.encode_batch(images, wrist_images, instructions)
         prompt_len = batch["input_ids"].shape[1]
         counter = _ForwardCounter(self.model)
+        speculative = draft is not None and any(d is not None for d in draft)
         with torch.inference_mode(), counter:
-            out = self.model.generate(
-                **batch,
-                logits_processor=[ActionLogitsProcessor(self.constraint)],
-                do_sample=False,
-                max_new_tokens=self.grammar.max_chars + 1,
-                eos_token_id=list(self.processor.eos_token_ids),
-                pad_token_id=self.processor.pad_token_id,
-            )
-        self.forward_passes += counter.calls
-        return self.processor.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+            if speculative:
+                from tinyvla.modeling.speculative import speculative_generate
 
-    def predict_chunks(self, images, wrist_images, instructions) -> np.ndarray:
-        """(B, H, D) continuous actions for B observations."""
-        texts = self.generate_text(images, wrist_images, instructions)
-        return np.stack([self.codec.text_to_actions(t, ins) for t, ins in zip(texts, instructions)])
+                tokens, stats = speculative_generate(
+                    self.model, batch, self.constraint, list(draft), self.processor.encode_action_text,
+                    eos_draft_id=self.processor.end_of_turn_ids[0], pad_token_id=self.processor.pad_token_id,
+                    max_new_tokens=self.grammar.max_chars + 1, **self.spec_options)
+                self.decode_stats["drafted"] += stats.drafted
+                self.decode_stats["accepted"] += stats.accepted
+            else:
+                from tinyvla.modeling.constrained import ActionLogitsProcessor
+
+                out = self.model.generate(
+                    **batch,
+                    logits_processor=[ActionLogitsProcessor(self.constraint)],
+                    do_sample=False,
+                    max_new_tokens=self.grammar.max_chars + 1,
+                    eos_token_id=list(self.processor.eos_token_ids),
+                    pad_token_id=self.processor.pad_token_id,
+                    **self.generate_kwargs,
+                )
+                tokens = out[:, prompt_len:].tolist()
+        self.forward_passes += counter.calls
+        eos = set(self.constraint.eos_ids)
+        self.decode_stats["calls"] += 1
+        self.decode_stats["chunks"] += len(tokens)
+        self.decode_stats["passes"] += counter.calls
+        self.decode_stats["tokens"] += sum(next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+                                           for row in tokens)
+        return self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    def predict_codes(self, images, wrist_images, instructions, drafts: list | None = None) -> np.ndarray:
+        """(B, H, D) int codes in 0..bins for B observations; `drafts` as in generate_text."""
+        texts = self.generate_text(images, wrist_images, instructions, draft=drafts)
+        return np.stack([self.codec.parse(t) for t in texts])
+
+    def predict_chunks(self, images, wrist_images, instructions, drafts: list | None = None) -> np.ndarray:
+        """(B, H, D) continuous actions for B observations; `drafts` as in generate_text (same result, fewer passes)."""
+        codes = self.predict_codes(images, wrist_images, instructions, drafts)
+        return np.stack([self.codec.decode(c, ins) for c, ins in zip(codes, instructions)])
 
     def predict_chunk(self, image: np.ndarray, wrist_image: np.ndarray, instruction: str) -> np.ndarray:
         return self.predict_chunks([image], [wrist_image], [instruction])[0]
+
+    def draft_for(self, env: int, step: int) -> np.ndarray | None:
+        """The speculative draft for env `env` at `step`: its previous chunk shifted by the steps since; at an
+        episode's start (no previous chunk), the latest chunk any env wrote at its first step (starts look alike, and
+        a batch decodes as long as its slowest row). None when there is nothing to guess from."""
+        from tinyvla.modeling.speculative import shift_chunk
+
+        last = self._last_codes.get(env)
+        if last is not None:
+            return shift_chunk(last[1], step - last[0])
+        return None if self._start_codes is None else self._start_codes.copy()
 
     # -- acting with ensembling -------------------------------------------------------------------------------------
     def reset(self, num_envs: int = 1) -> None:
@@ -101,10 +155,12 @@ class Policy:
                                          max_chunks=cfg["max_chunks"], exp_w=cfg["exp_w"],
                                          execute_horizon=cfg["execute_horizon"])
         self._steps = [0] * num_envs
+        self._last_codes.clear()
 
     def reset_env(self, i: int) -> None:
         self._ensembler.reset(i)
         self._steps[i] = 0
+        self._last_codes.pop(i, None)
 
     def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None) -> np.ndarray:
         """One action per observation; re-queries the model only for envs whose ensembler asks for a new chunk."""
@@ -114,9 +170,16 @@ class Policy:
         steps = [self._steps[e] for e in env_ids]
         need = [k for k, (e, t) in enumerate(zip(env_ids, steps)) if self._ensembler[e].needs_query(t)]
         if need:
-            chunks = self.predict_chunks([observations[k]["image"] for k in need],
-                                         [observations[k]["wrist_image"] for k in need], [instructions[k] for k in need])
+            ins = [instructions[k] for k in need]
+            drafts = [self.draft_for(env_ids[k], steps[k]) for k in need] if self.speculative else None
+            codes = self.predict_codes([observations[k]["image"] for k in need],
+                                       [observations[k]["wrist_image"] for k in need], ins, drafts)
+            chunks = np.stack([self.codec.decode(c, i) for c, i in zip(codes, ins)])
             self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
+            for k, c in zip(need, codes):  # kept after the model call, so a failed call changes nothing
+                self._last_codes[env_ids[k]] = (steps[k], c)
+                if steps[k] == 0:
+                    self._start_codes = c
         actions = self._ensembler.action(env_ids, steps)
         for e in env_ids:
             self._steps[e] += 1

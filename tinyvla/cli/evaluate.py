@@ -45,6 +45,7 @@ def evaluate(
     offline: Annotated[bool, typer.Option("--offline", help="Action error on held-out dataset episodes instead of rollouts.")] = False,
     repo: Annotated[Optional[str], typer.Option(help="--offline: the dataset (LeRobot dir or raw LIBERO HDF5 folder).")] = None,
     offline_frames: Annotated[int, typer.Option(help="--offline: frames to score (sampled from the held-out episodes).")] = 256,
+    speculative: Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding: the same actions with far fewer forward passes (default: the recipe's eval.speculative).")] = None,
 ):
     """Closed-loop success in BlockFind or LIBERO, with a per-task table, results.json, resumable episodes.jsonl."""
     from rich.console import Console
@@ -85,6 +86,9 @@ def evaluate(
 
     policy, identity = _load_policy(ckpt, device)
     ens = _apply_ensemble(policy, ensemble, ensemble_size, execute_horizon)
+    if hasattr(policy, "speculative"):  # a model policy (the random / expert baselines decode nothing)
+        recipe_eval = ((getattr(policy, "meta", {}) or {}).get("recipe") or {}).get("eval") or {}
+        policy.speculative = recipe_eval.get("speculative", True) if speculative is None else speculative
 
     out = Path(out) if out is not None else Path("runs") / "eval" / f"{_label(ckpt)}-{suite}"
     check_run_identity(out, {"suite": suite, "protocol": setup.protocol, "ensemble": ens, "checkpoint": identity})

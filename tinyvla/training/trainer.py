@@ -214,8 +214,10 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     def make_policy() -> Policy:
         # Built once: the grammar's token table takes a moment for a real 151k vocabulary.
         if not policy_cache:
-            policy_cache.append(Policy(accelerator.unwrap_model(model), processor, codec, prompt, image_spec,
-                                       ensemble=_ensemble_cfg(recipe), meta=_policy_meta(recipe, data)))
+            policy = Policy(accelerator.unwrap_model(model), processor, codec, prompt, image_spec,
+                            ensemble=_ensemble_cfg(recipe), meta=_policy_meta(recipe, data))
+            policy.speculative = recipe.eval.speculative  # same actions, fewer forward passes: a faster probe
+            policy_cache.append(policy)
         return policy_cache[0]
 
     def evaluate_heldout():

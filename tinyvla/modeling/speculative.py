@@ -1,0 +1,355 @@
+"""Chunk-shift speculative decoding: the previous chunk, shifted, drafts the next one; one forward pass checks it.
+
+A policy that re-queries every step writes almost the same answer again: the chunk predicted at step t covers steps
+t..t+H-1, the one predicted at t-1 covered t-1..t+H-2, so (when the model is consistent) the new chunk's first H-1
+rows are the old chunk's last H-1 rows. Shifting the old chunk's int codes by the steps executed since (drop the first
+k rows, repeat the last row k times) gives a draft of the whole answer. Greedy decoding writes ~100 tokens one forward
+pass at a time; here every pass feeds the tokens already decided plus a draft of all that is still to come, and keeps
+the longest drafted prefix that constrained greedy decoding would also have written.
+
+Exactness: at every drafted position the kept token is the grammar-constrained argmax of the logits there -- the same
+rule `Policy.generate_text` applies one token at a time -- so the text is the greedy text. (Up to floating point: a
+pass over many tokens and a pass over one do not sum in the same order, so a near-tie between two tokens could in
+principle break the other way. fp32 on CPU matched greedy on every observation tested; see tests/test_speculative.py.)
+
+One pass, batched and left padded (B rows, one column per token, shared by all rows):
+
+    [ decided, not yet in the KV cache | draft tokens, right-padded ]
+      (the prompt on the first pass;     (each row its own draft, mask 0 on the padding)
+       then the one pending token)
+
+Each row then keeps its accepted draft columns; the columns of rejected draft tokens stay in the KV cache as holes
+with attention mask 0 (every row has its own accepted length, but a cache column is shared by the batch). Positions
+are explicit: Qwen-VL's multimodal RoPE gives the prompt 3-D positions (`_prepare_position_ids_for_generation`, what
+`generate` itself calls); every text token after it is one more than the row's last kept token, so holes are skipped
+exactly as if the rejected tokens had never been written. The cache is cropped to the longest kept row after each pass.
+
+Redrafting: after a miss, the row writes one greedy token, and from the next pass on is offered the rest of the draft
+again, aligned on the integer index the grammar state names (`draft_continuation`: it also finishes a half-written
+integer the way the draft's integers look, and follows the model when it starts repeating its own step). One wrong
+integer in the middle of a chunk then costs a pass or two, not the whole tail. A row whose drafts keep failing is
+offered shorter and shorter ones (`adaptive`), so a useless draft cannot make every pass long.
+
+The unit of speed is the forward pass: a pass over ~100 tokens costs about as much as a pass over one on a GPU, where
+decoding is bound by reading the weights; on a CPU the longer passes cost compute (see scripts/bench_speculative.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tinyvla.core.grammar import FINISHED, TokenConstraint
+
+
+MIN_DRAFT = 32  # draft tokens a row is always offered (about one step of D = 7 integers)
+
+
+def shift_chunk(codes, k: int) -> np.ndarray:
+    """The previous chunk's (H, D) int codes as a guess of the chunk k steps later: drop the first k rows, repeat the
+    last row k times (k >= H: every row is the last one)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"chunk codes must be (H, D), got shape {codes.shape}")
+    k = max(0, int(k))
+    horizon = codes.shape[0]
+    if k == 0:
+        return codes.copy()
+    kept = codes[min(k, horizon):]
+    pad = np.repeat(codes[-1:], min(k, horizon), axis=0)
+    return np.concatenate([kept, pad], axis=0)
+
+
+def draft_continuation(draft: list[int], state, written: list[int] = (), dim: int | None = None) -> str | None:
+    """The rest of the answer as the draft predicts it from a grammar state on (EOS follows it), or None.
+
+    draft: the flat H*D int codes of the guess. state: (started, value) of ActionGrammar. written: the integers the
+    answer has completed so far (the one being written, if any, is `value`). dim: D, the integers per step.
+
+    Where the answer has just left the draft, two cheap guesses do better than giving up:
+      * the integer being written: if the draft's integer there does not extend the digits written so far, the most
+        common integer of the draft and the answer that does ("1" -> "1000" when 1000 occurs); none: it ends here;
+      * what follows: when the answer's last integer disagreed with the draft but equals the integer one step
+        (D integers) before it, the model is repeating its own step, so the rest copies the answer's last step
+        instead of the draft.
+    """
+    if state == FINISHED:
+        return None
+    started, value = state
+    n = len(draft)
+    seq = [int(v) for v in written]
+    if len(seq) != (started if value < 0 else started - 1) or started > n:
+        return None  # `written` does not match the state (or the answer is longer than the draft): no guess
+    last = len(seq) - 1
+    copy_step = bool(dim) and last >= dim and seq[last] != draft[last] and seq[last] == seq[last - dim]
+
+    def guess(k: int) -> int:  # the draft's value for integer k, given the integers before it
+        return seq[k - dim] if copy_step else draft[k]
+
+    head = ""
+    if value >= 0:  # finish the integer being written
+        digits = str(value)
+        target = str(guess(len(seq)))
+        if not (target.startswith(digits) and len(target) >= len(digits)):
+            pool = [str(v) for v in list(draft) + seq if str(v).startswith(digits) and len(str(v)) > len(digits)]
+            target = max(pool, key=pool.count) if pool else digits
+        head = target[len(digits):]
+        seq.append(int(target))
+    first = len(seq)
+    while len(seq) < n:
+        seq.append(guess(len(seq)))
+    rest = " ".join(str(v) for v in seq[first:])
+    if value >= 0:
+        return head + (" " + rest if rest else "")
+    return rest if rest else None
+
+
+@dataclass
+class DecodeStats:
+    """What one decode did; summed over calls by the caller when it wants totals."""
+
+    passes: int = 0  # model forward calls
+    rows: int = 0  # answers written
+    tokens: int = 0  # tokens written, EOS included, summed over rows
+    drafted: int = 0  # draft tokens fed to the model, summed over rows
+    accepted: int = 0  # draft tokens kept
+    per_pass_tokens: list = field(default_factory=list)  # input columns per pass (cost on a CPU)
+
+    def add(self, other: "DecodeStats") -> None:
+        for name in ("passes", "rows", "tokens", "drafted", "accepted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.per_pass_tokens.extend(other.per_pass_tokens)
+
+    def to_dict(self) -> dict:
+        return {"passes": self.passes, "rows": self.rows, "tokens": self.tokens, "drafted": self.drafted,
+                "accepted": self.accepted,
+                "acceptance": round(self.accepted / self.drafted, 4) if self.drafted else None}
+
+
+def _base(model):
+    """The transformers model under a peft wrapper (for its position-id helper)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _prompt_positions(model, batch: dict) -> torch.Tensor:
+    """Position ids of the prompt, exactly as `generate` computes them on its first step: (4, B, L) for Qwen-VL
+    (text positions, then the 3 M-RoPE rows), (B, L) for a text-only model."""
+    base = _base(model)
+    kwargs = {k: batch[k] for k in ("attention_mask", "mm_token_type_ids", "image_grid_thw", "video_grid_thw")
+              if batch.get(k) is not None}
+    if hasattr(base, "_prepare_position_ids_for_generation"):
+        return base._prepare_position_ids_for_generation(batch["input_ids"], kwargs)
+    mask = batch["attention_mask"].long()
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def _crop(cache, keep: int) -> None:
+    """Shrink a transformers KV cache to its first `keep` columns (negative = tokens to remove, in v5's API)."""
+    remove = cache.get_seq_length() - keep
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def _vocab_size(model) -> int:
+    emb = _base(model).get_output_embeddings()
+    return int(emb.weight.shape[0]) if emb is not None else 1 << 62
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(_base(model).forward).parameters
+
+
+class _Row:
+    """One answer being written: grammar state, tokens so far, its draft."""
+
+    __slots__ = ("state", "tokens", "draft", "done", "budget")
+
+    def __init__(self, state, draft):
+        self.state, self.tokens, self.draft, self.done = state, [], draft, False
+        self.budget = 1 << 30  # draft tokens offered per pass: no limit until a draft is rejected (`adaptive`)
+
+
+@torch.inference_mode()
+def speculative_generate(
+    model,
+    batch: dict,
+    constraint: TokenConstraint,
+    drafts: list | None,
+    encode_text,
+    eos_draft_id: int,
+    pad_token_id: int,
+    max_new_tokens: int | None = None,
+    redraft: bool = True,
+    reuse_cache: bool = True,
+    max_draft_tokens: int | None = None,
+    adaptive: bool = True,
+) -> tuple[list[list[int]], DecodeStats]:
+    """Constrained greedy decoding with chunk drafts. Returns each row's generated token ids (EOS included) and stats.
+
+    batch: the left-padded prompt batch `Policy.encode_batch` builds (input_ids, attention_mask, mm_token_type_ids,
+      pixel_values, image_grid_thw). drafts: per row the flat H*D int codes of a guessed answer, or None (plain greedy
+      for that row); None for all rows = plain greedy with this loop.
+    encode_text: str -> token ids (the processor's `encode_action_text`). eos_draft_id: the EOS token a draft ends
+      with (the end-of-turn token the model was trained to write).
+    redraft: offer the rest of the draft again after a miss (False: the draft is used on the first pass only).
+    reuse_cache: False drops the KV cache after the first pass and recomputes prompt + accepted tokens on the
+      next one (the "verify, then generate again from prompt + accepted" variant), then decodes without drafts. Same
+      passes as reuse_cache=True with redraft=False, each second pass a full prefill; kept to measure against.
+    max_draft_tokens: cap on draft tokens per row per pass (None: the whole remaining draft).
+    adaptive: halve a row's draft budget after a pass that rejected its draft, double it after one that kept all of
+      it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
+      (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
+      long pass).
+    """
+    device = batch["input_ids"].device
+    n_rows, prompt_len = batch["input_ids"].shape
+    max_new = max_new_tokens or constraint.max_new_tokens
+    drafts = list(drafts) if drafts is not None else [None] * n_rows
+    if len(drafts) != n_rows:
+        raise ValueError(f"{len(drafts)} drafts for {n_rows} prompts")
+    rows = [_Row(constraint.initial_state(), None if d is None else [int(v) for v in np.asarray(d).reshape(-1)])
+            for d in drafts]
+    stats = DecodeStats(rows=n_rows)
+    # Only the grammar's tokens (digits, space, EOS: a few hundred of Qwen's 151k) can ever be chosen, so only their
+    # logits are read: `vocab` lists them in id order, and each state's allowed set is kept as positions into it
+    # (same order, so argmax breaks ties towards the lower id, as it does over the full vocabulary).
+    vocab_size = _vocab_size(model)
+    vocab = sorted(i for i in set(constraint.candidates) | set(constraint.eos_ids) if i < vocab_size)
+    vocab_t = torch.tensor(vocab, dtype=torch.long, device=device)
+    local = {tok: k for k, tok in enumerate(vocab)}
+    allowed_cache: dict = {}
+
+    def allowed(state) -> torch.Tensor:
+        key = constraint.cache_key(state)
+        ids = allowed_cache.get(key)
+        if ids is None:
+            ids = torch.tensor([local[i] for i in constraint.allowed_token_ids(state) if i in local], dtype=torch.long)
+            allowed_cache[key] = ids
+        return ids
+
+    keep_arg = _accepts_logits_to_keep(model)
+    dim = constraint.grammar.dim
+
+    def draft_tokens(row: _Row, pass_index: int) -> list[int]:
+        if row.done or row.draft is None or (pass_index > 0 and not (redraft and reuse_cache)):
+            return []
+        # The integers completed so far: the answer's text up to its last space.
+        text = "".join(constraint.candidates.get(t, "") for t in row.tokens)
+        written = [int(v) for v in text.split(" ")[:-1]]
+        guess = draft_continuation(row.draft, row.state, written, dim)
+        if guess is None:
+            return []
+        ids = list(encode_text(guess)) if guess else []
+        ids.append(int(eos_draft_id))  # a guess always runs to the end of the answer
+        cap = min(c for c in (max_draft_tokens, row.budget if adaptive else None, len(ids)) if c is not None)
+        return ids[:cap]
+
+    # The whole sequence so far, holes included: ids, mask and positions per column. The KV cache holds the first
+    # `cached` columns. Positions have a leading dim for Qwen-VL's 4 rows (text + 3 M-RoPE); a 2-D (B, L) tensor for
+    # text-only models is handled by viewing it as (1, B, L).
+    ids = batch["input_ids"]
+    mask = batch["attention_mask"].long()
+    pos = _prompt_positions(model, batch)
+    squeeze_pos = pos.ndim == 2
+    if squeeze_pos:
+        pos = pos[None]
+    next_pos = pos[:, :, -1] + 1  # (P, B): position of each row's next token
+    cache, cached = None, 0
+    first_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
+                                                            "video_grid_thw")}
+    pass_index = 0
+    while not all(r.done for r in rows):
+        # Draft columns for this pass, right-padded; mask 0 on padding.
+        row_drafts = [draft_tokens(r, pass_index) for r in rows]
+        width = max(len(d) for d in row_drafts)
+        d_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long, device=device)
+        d_mask = torch.zeros((n_rows, width), dtype=torch.long, device=device)
+        for b, d in enumerate(row_drafts):
+            if d:
+                d_ids[b, : len(d)] = torch.tensor(d, dtype=torch.long, device=device)
+                d_mask[b, : len(d)] = 1
+        d_pos = next_pos[:, :, None] + torch.arange(width, device=device)  # a draft token follows the pending one
+        decided = ids.shape[1]  # columns decided so far (the pending one included)
+        all_ids = torch.cat([ids, d_ids], dim=1)
+        all_mask = torch.cat([mask, d_mask], dim=1)
+        all_pos = torch.cat([pos, d_pos], dim=2)
+
+        if not reuse_cache and pass_index == 1:
+            cache, cached = None, 0  # recompute everything: the "second prefill" variant
+        inputs = {
+            "input_ids": all_ids[:, cached:],
+            "attention_mask": all_mask,
+            "position_ids": (all_pos[0] if squeeze_pos else all_pos)[..., cached:],
+            "past_key_values": cache,
+            "use_cache": True,
+        }
+        if keep_arg:
+            inputs["logits_to_keep"] = width + 1  # logits for the last decided column and the draft only
+        if cached == 0:  # the prompt is in this pass: the images too
+            inputs.update(first_inputs)
+            if "mm_token_type_ids" in batch:
+                mm = torch.zeros_like(all_ids)
+                mm[:, :prompt_len] = batch["mm_token_type_ids"]
+                inputs["mm_token_type_ids"] = mm
+        out = model(**inputs)
+        stats.passes += 1
+        stats.per_pass_tokens.append(int(inputs["input_ids"].shape[1]))
+        cache = out.past_key_values
+        # generate casts the last-step logits to float32 before the processors; do the same (exact for bf16), on
+        # the grammar's columns only, and on the CPU, where the per-token walk below reads them.
+        logits = out.logits[:, -(width + 1):].index_select(-1, vocab_t).float().cpu()
+
+        # Walk each row: column j's logits choose the token after column (decided - 1 + j).
+        kept = [0] * n_rows  # accepted draft tokens per row
+        pending = [pad_token_id] * n_rows
+        for b, r in enumerate(rows):
+            if r.done:
+                continue
+            d = row_drafts[b]
+            stats.drafted += len(d)
+            for j in range(width + 1):
+                cand = allowed(r.state)
+                tok = vocab[int(cand[int(torch.argmax(logits[b, j, cand]))])]
+                r.tokens.append(tok)
+                r.state = constraint.advance_token(r.state, tok)
+                finished = r.state == FINISHED or len(r.tokens) >= max_new
+                if j < len(d) and tok == d[j] and not finished:
+                    kept[b] += 1
+                    continue
+                if j < len(d) and tok == d[j]:
+                    kept[b] += 1  # the draft's own EOS (or last token) was right: nothing pending
+                    r.done = True
+                else:
+                    r.done = finished
+                    pending[b] = tok
+                break
+            stats.accepted += kept[b]
+            if d:  # halve on a rejection, double on a full acceptance: see `adaptive`
+                r.budget = min(2 * r.budget, 1 << 30) if kept[b] == len(d) else max(MIN_DRAFT, len(d) // 2)
+
+        # Rejected draft columns become holes; crop every column past the longest kept row.
+        keep_cols = max(kept) if kept else 0
+        d_mask_kept = (torch.arange(width, device=device)[None, :] < torch.tensor(kept, device=device)[:, None]).long()
+        d_mask_kept = d_mask_kept * d_mask
+        ids = torch.cat([ids, d_ids[:, :keep_cols]], dim=1)
+        mask = torch.cat([mask, d_mask_kept[:, :keep_cols]], dim=1)
+        pos = torch.cat([pos, d_pos[:, :, :keep_cols]], dim=2)
+        cached = decided + keep_cols
+        _crop(cache, cached)
+        next_pos = next_pos + torch.tensor(kept, device=device)[None, :]
+        if all(r.done for r in rows):
+            break
+        # The pending token of each unfinished row becomes the next decided column (finished rows: a masked pad).
+        live = torch.tensor([0 if r.done else 1 for r in rows], dtype=torch.long, device=device)
+        ids = torch.cat([ids, torch.tensor(pending, dtype=torch.long, device=device)[:, None]], dim=1)
+        mask = torch.cat([mask, live[:, None]], dim=1)
+        pos = torch.cat([pos, next_pos[:, :, None]], dim=2)
+        next_pos = next_pos + 1
+        pass_index += 1
+
+    stats.tokens = sum(len(r.tokens) for r in rows)
+    return [r.tokens for r in rows], stats
