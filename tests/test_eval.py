@@ -2,6 +2,7 @@
 a real tiny policy, offline evaluation, the Typer command, and one real LIBERO episode when the simulator is there."""
 
 import json
+from pathlib import Path
 import os
 import shutil
 
@@ -388,13 +389,25 @@ def test_typer_command(tmp_path):
 
 @pytest.mark.libero
 @pytest.mark.slow
-def test_libero_random_episode(tmp_path):
+def test_libero_episode_with_a_tiny_policy(tmp_path):
     pytest.importorskip("libero")
     from tinyvla.envs.libero import libero_installed
 
     if not libero_installed():
         pytest.skip("LIBERO simulator not installed (bash scripts/install-sim.sh)")
-    res = _run(tmp_path, "random", suite="libero_object", episodes_per_task=1, tasks="0", max_steps=30, video=1)
+    # A real tiny Qwen3-VL policy, trained for a few steps on LIBERO-schema data, acting in the real simulator.
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.smoke import smoke_recipe
+    from tinyvla.training.trainer import train
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = smoke_recipe(load_recipe(root / "recipes" / "tiny-cpu.yaml", [
+        f"data.repo={root / 'tests' / 'fixtures' / 'libero_v20_tiny'}", "data.suite=null",
+        f"train.out_dir={tmp_path / 'train'}"]))
+    policy_dir = train(cfg, smoke_test=True).policy_dir
+    out = tmp_path / "eval"
+    res = _run(out, str(policy_dir), suite="libero_object", episodes_per_task=1, tasks="0", max_steps=30, video=1)
+    tmp_path = out
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
     (record,) = EpisodeLog(tmp_path).load().values()
