@@ -2,9 +2,9 @@
 a real tiny policy, offline evaluation, the Typer command, and one real LIBERO episode when the simulator is there."""
 
 import json
-from pathlib import Path
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
