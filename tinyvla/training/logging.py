@@ -140,7 +140,7 @@ def plot_loss_curve(metrics_path: Path, out_png: Path):
         ax = axes[0][1]
         steps, l1, base = zip(*evals)
         ax.plot(steps, l1, marker="o", label="policy")
-        ax.plot(steps, base, linestyle="--", label="predict-the-mean")
+        ax.plot(steps, base, linestyle="--", marker="x", label="predict-the-mean")
         ax.set_xlabel("step")
         ax.set_ylabel("held-out L1")
         ax.legend()
