@@ -70,8 +70,8 @@ def test_bad_recipes_fail_with_one_clear_line(tmp_path, text, overrides, message
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
-    with pytest.raises(UserError, match=r"malformed YAML at line 2"):
-        load_recipe(write(tmp_path, "train:\n  lr: [1, 2\n"))
+    with pytest.raises(UserError, match=r"malformed YAML at line 2, column 8: mapping values are not allowed here"):
+        load_recipe(write(tmp_path, "train:\n  lr: a: b\n"))
 
 
 def test_missing_recipe(tmp_path):
