@@ -44,19 +44,21 @@ def is_peft_model(model) -> bool:
 
 
 def save_model_weights(model, directory: Path, merge_lora: bool = False, dtype=None, state_dict=None) -> bool:
-    """Save `model` under directory/model (and directory/adapter for unmerged LoRA). Returns True if an adapter was
-    written. Merging modifies a peft model in place, so callers merge only a model they are done training.
-    `state_dict`: the full weights when the live module holds only a shard (FSDP: `accelerator.get_state_dict`)."""
+    """Save `model` under directory/model, and directory/adapter for an unmerged LoRA adapter (returns True then).
+    The live model is never modified. `state_dict`: the full weights when the live module holds only a shard
+    (FSDP: `accelerator.get_state_dict`)."""
     import torch
 
-    if is_peft_model(model) and merge_lora:
-        model = model.merge_and_unload()
-    has_adapter = is_peft_model(model)
-    base = model.get_base_model() if has_adapter else model
-    state = state_dict if state_dict is not None else base.state_dict()
-    if has_adapter:
-        # The base weights without the injected LoRA layers: the names a stock model expects.
-        state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+    from tinyvla.modeling.loading import plain_state_dict
+
+    has_adapter = is_peft_model(model) and not merge_lora
+    base = model.get_base_model() if is_peft_model(model) else model
+    if state_dict is not None:
+        state = state_dict
+    elif is_peft_model(model):
+        state = plain_state_dict(base, merge_lora=merge_lora)
+    else:
+        state = base.state_dict()
     if dtype is not None:
         state = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in state.items()}
         base.config.dtype = str(dtype).replace("torch.", "")

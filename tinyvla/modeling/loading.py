@@ -168,12 +168,13 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _merged_lora_state_dict(base) -> dict:
-    """The plain-model state dict of a peft-wrapped model, each LoRA layer's weight replaced by W + delta (on CPU)."""
+def plain_state_dict(base, merge_lora: bool = True) -> dict:
+    """The stock-model state dict of a peft-wrapped model's base (`peft_model.get_base_model()`): LoRA layers removed
+    and, with merge_lora, each adapted weight replaced by W + delta (computed on CPU; the live model is untouched)."""
     from peft.tuners.lora import LoraLayer
 
     merged = {}
-    for module_name, module in base.named_modules():
+    for module_name, module in base.named_modules() if merge_lora else ():
         if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
             weight = module.get_base_layer().weight
             total = weight.detach().to("cpu", torch.float32)
@@ -203,7 +204,7 @@ def save_policy_model(model, processor: VLAProcessor, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if _is_peft(model):
         base = model.get_base_model()
-        base.save_pretrained(str(directory), state_dict=_merged_lora_state_dict(base))
+        base.save_pretrained(str(directory), state_dict=plain_state_dict(base, merge_lora=True))
     else:
         model.save_pretrained(str(directory))
     processor.save_pretrained(directory)
