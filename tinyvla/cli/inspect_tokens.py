@@ -108,9 +108,11 @@ def inspect_tokens(
     counts["total"] = len(prompt_ids) + len(action_ids) + len(tail)
     pieces = [tok.decode([i]) for i in action_ids]
 
-    mask_id = processor.encode_action_text(cfg.actions.mask_char)
+    from tinyvla.inputs import mask_token_id
+
     masked_inputs, masked_labels = mask_action_tokens(
-        action_ids, action_ids, action_start=0, action_len=len(action_ids), mask_token_id=mask_id[0] if len(mask_id) == 1 else action_ids[0],
+        action_ids, action_ids, action_start=0, action_len=len(action_ids),
+        mask_token_id=mask_token_id(processor, cfg.actions.mask_char),
         mask_prob=cfg.actions.mask_prob, unmasked_fraction=0.0, rng=np.random.default_rng(seed),
     ) if cfg.actions.mask_prob > 0 else (action_ids, action_ids)
     masked_text = tok.decode(list(masked_inputs))
