@@ -114,3 +114,15 @@ def test_not_a_policy_dir(tmp_path):
         Policy.from_pretrained(tmp_path, device="cpu")
     with pytest.raises(UserError, match="policy not found"):
         Policy.from_pretrained(tmp_path / "nope", device="cpu")
+
+
+def test_instruction_order_is_saved_and_honoured(full_ft, tmp_path):
+    cfg = json.loads((full_ft / "policy.json").read_text())
+    assert cfg["instruction_first"] is False
+    flipped = tmp_path / "flipped"
+    shutil.copytree(full_ft, flipped)
+    (flipped / "policy.json").write_text(json.dumps({**cfg, "instruction_first": True}))
+    policy = Policy.from_pretrained(flipped, device="cpu")
+    assert policy.prompt.instruction_first
+    # Same weights, the instruction moved before the images: the model reads a different sequence.
+    assert not np.array_equal(chunks(full_ft), chunks(flipped))

@@ -142,6 +142,23 @@ def test_processor_prompt_matches_stock_expansion(tiny):
     assert "<|vision_start|><|image_pad|>x32<|vision_end|>pick it<|im_end|>" in shown
 
 
+@pytest.mark.parametrize("instruction_first", [False, True])
+def test_chat_text_is_the_chat_template_in_both_orders(tiny, instruction_first):
+    from tinyvla.core.prompt import PromptSpec, build_messages
+
+    _, _, processor = tiny
+    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_first=instruction_first)
+    messages = build_messages("pick it", 2, spec)
+    templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert templated == render_chat_text(spec.system, 2, "pick it", instruction_first=instruction_first)
+    ids = processor.build_prompt([image(64, 64, 1), image(64, 64, 2)], "pick it", spec.system,
+                                 instruction_first=instruction_first)["input_ids"]
+    word = processor.tokenizer.encode("pick", add_special_tokens=False)[0]
+    # The instruction's first token comes before (or after) every image token.
+    before = ids.index(word) < ids.index(processor.image_token_id)
+    assert before == instruction_first
+
+
 def test_training_example_and_collate(tiny):
     _, _, processor = tiny
     ex = processor.build_training_example([image(64, 64, 1)], "go", SYSTEM, "12 0")
@@ -284,3 +301,50 @@ def test_processor_from_stock_checkpoint_dir_keeps_image_size(tmp_path):
     prompt = processor.build_prompt([image(224, 224, 0)], "go", SYSTEM)
     assert prompt["image_grid_thw"].tolist() == [[1, 14, 14]]
     assert list(processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
+
+
+# ------------------------------------------------------------------------------------------------- speed paths, exact
+def _loss_and_grads(model, batch, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_packed_vision_attention_equals_per_image_sdpa(tiny, same_size):
+    from tinyvla.modeling.attention import PACKED_VISION_ATTENTION
+
+    _, model, processor = tiny
+    vision = model.config.vision_config
+    assert vision._attn_implementation == PACKED_VISION_ATTENTION  # load_model switched it on
+    if same_size:
+        items = [processor.build_training_example([image(64, 128, s)], "go", SYSTEM, "1 2 3 4") for s in range(3)]
+        batch = processor.collate(items, padding_side="right")
+    else:
+        batch = training_batch(processor)  # 64x64, 64x64 and 64x128 images: the per-image fallback
+    model.train()
+    loss_fn = lambda m, b: m(**b).loss  # noqa: E731
+    try:
+        packed = _loss_and_grads(model, batch, loss_fn)
+        vision._attn_implementation = "sdpa"  # transformers' own path: one SDPA call per image
+        split = _loss_and_grads(model, batch, loss_fn)
+    finally:
+        vision._attn_implementation = PACKED_VISION_ATTENTION
+    torch.testing.assert_close(packed[0], split[0], rtol=1e-5, atol=1e-6)
+    assert packed[1].keys() == split[1].keys() and any("visual" in n for n in packed[1])
+    for n in packed[1]:
+        torch.testing.assert_close(packed[1][n], split[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_answer_loss_equals_the_models_own_loss(tiny):
+    from tinyvla.training.trainer import answer_loss
+
+    _, model, processor = tiny
+    model.train()
+    batch = training_batch(processor)  # two different prompt and answer lengths, right-padded
+    full = _loss_and_grads(model, batch, lambda m, b: m(**b).loss)
+    ours = _loss_and_grads(model, batch, answer_loss)
+    torch.testing.assert_close(ours[0], full[0], rtol=1e-5, atol=1e-6)
+    for n in full[1]:
+        torch.testing.assert_close(ours[1][n], full[1][n], rtol=1e-4, atol=1e-6, msg=n)

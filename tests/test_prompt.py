@@ -28,3 +28,5 @@ def test_messages_order_and_assistant_turn():
     assert msgs[2]["content"][0]["text"] == "1 2"
     assert "next 2 timesteps" in msgs[0]["content"][0]["text"]
     assert len(build_messages("x", 1, spec)) == 2
+    first = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_first=True)
+    assert [c["type"] for c in build_messages("go", 2, first)[1]["content"]] == ["text", "image", "image"]

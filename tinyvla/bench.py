@@ -285,7 +285,7 @@ def _bench_training(recipe, steps, warmup, batch_size, peak_tflops) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from tinyvla.training.trainer import build_model, build_optimizer
+    from tinyvla.training.trainer import answer_loss, build_model, build_optimizer
 
     if steps < 1 or warmup < 0:
         raise UserError("training steps must be >= 1 and warmup >= 0")
@@ -314,7 +314,7 @@ def _bench_training(recipe, steps, warmup, batch_size, peak_tflops) -> dict:
             t = time.perf_counter()
             for _ in range(cfg.grad_accum):
                 with accelerator.autocast():
-                    loss = model(**batch).loss
+                    loss = answer_loss(model, batch)
                 accelerator.backward(loss / cfg.grad_accum)
             if cfg.clip_grad > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)

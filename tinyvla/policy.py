@@ -197,6 +197,7 @@ class Policy:
             "dim": self.prompt.dim,
             "bins": self.prompt.bins,
             "system_prompt": self.prompt.system,
+            "instruction_first": self.prompt.instruction_first,
             "image": self.image_spec.to_dict(),
             "action_stats": self.codec.stats.to_dict(),
             "per_task_bounds": self.codec.per_task_bounds,
@@ -233,7 +234,8 @@ def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) ->
         raise UserError(f"policy.json: action stats have {stats.dim} dimensions but dim is {cfg['dim']}; "
                         "re-export the policy with matching stats")
     prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
-                        tile_views=cfg["image"].get("tile_views", True))
+                        tile_views=cfg["image"].get("tile_views", True),
+                        instruction_first=cfg.get("instruction_first", False))
     if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
         raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
     image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")

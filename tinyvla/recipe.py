@@ -60,6 +60,7 @@ class DataConfig:
     crop_scale: float = 0.875  # random crop (train) / centre crop (eval) of this fraction of the side, 256 -> 224
     color_jitter: bool = True  # brightness/contrast/saturation 0.2, hue 0.05 in training, as VLA-0
     tile_views: bool = True  # one 2-wide image (VLA-0) vs two images; tiling is slightly better and fewer tokens
+    instruction_first: bool = False  # instruction before the images (VLA-0: after) so image tokens can read it
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
 

@@ -1,7 +1,7 @@
 """What the model reads: the VLA-0 system prompt, the chat messages, and how the two camera views are laid out.
 
 The model sees one chat: a system turn with the prompt below (H, D, B filled in), a user turn with the image(s) then the
-task instruction, and — in training — an assistant turn holding the action text. Nothing else: no robot state, no
+task instruction (or the instruction first, a recipe option), and — in training — an assistant turn holding the action text. Nothing else: no robot state, no
 history (VLA-0 found neither helps on LIBERO).
 """
 
@@ -31,6 +31,9 @@ class PromptSpec:
     dim: int = 7
     bins: int = 1000
     tile_views: bool = True  # one side-by-side image (VLA-0 default) or two separate images
+    # Instruction before the images (VLA-0: after). With causal attention only tokens after the instruction can read
+    # it; put first, every image token can condition on it (what a prefix-LM VLA such as PaliGemma's gets for free).
+    instruction_first: bool = False
 
     @property
     def system(self) -> str:
@@ -55,7 +58,9 @@ def view_images(image: np.ndarray, wrist_image: np.ndarray, tile: bool) -> list[
 
 def build_messages(instruction: str, num_images: int, spec: PromptSpec, action_text: str | None = None) -> list[dict]:
     """Chat messages in the Hugging Face multimodal format; images are placeholders filled by the processor."""
-    user = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": instruction}]
+    images = [{"type": "image"} for _ in range(num_images)]
+    text = [{"type": "text", "text": instruction}]
+    user = text + images if spec.instruction_first else images + text
     messages = [
         {"role": "system", "content": [{"type": "text", "text": spec.system}]},
         {"role": "user", "content": user},

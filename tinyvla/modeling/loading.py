@@ -14,6 +14,7 @@ import torch
 
 from tinyvla.errors import UserError
 from tinyvla.modeling import registry
+from tinyvla.modeling.attention import pack_vision_attention
 from tinyvla.modeling.processor import VLAProcessor, processor_for_config
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -83,6 +84,7 @@ def load_model(
         gen = model.generation_config
         gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = processor.eos_token_ids, processor.pad_token_id, None
         gen.do_sample = False
+        pack_vision_attention(model)
         return model, processor
 
     if tokenizer is not None:
@@ -91,6 +93,7 @@ def load_model(
     model = _from_pretrained(source, name, torch_dtype, attn_implementation, trust_remote_code, device)
     processor = VLAProcessor.from_pretrained(source)
     processor.settings.setdefault("model_name", name)
+    pack_vision_attention(model)
     return model, processor
 
 
@@ -221,4 +224,5 @@ def load_policy_model(directory, *, dtype="fp32", device=None, attn_implementati
         raise UserError(f"{directory} has no model.safetensors; tinyvla loads safetensors checkpoints only")
     model = _from_pretrained(str(directory), str(directory), _dtype(dtype), attn_implementation, False, device)
     processor = VLAProcessor.from_pretrained(str(directory))
+    pack_vision_attention(model)
     return model, processor

@@ -33,11 +33,13 @@ PROCESSOR_FILE = "tinyvla_processor.json"
 IGNORE_INDEX = -100
 
 
-def render_chat_text(system: str, num_images: int, instruction: str, action_text: str | None = None) -> str:
-    """The chat as text, one `<|image_pad|>` per image; equals `tokenizer.apply_chat_template` with Qwen's template."""
-    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
-    text += "<|vision_start|><|image_pad|><|vision_end|>" * num_images
-    text += f"{instruction}<|im_end|>\n<|im_start|>assistant\n"
+def render_chat_text(system: str, num_images: int, instruction: str, action_text: str | None = None,
+                     instruction_first: bool = False) -> str:
+    """The chat as text, one `<|image_pad|>` per image; equals `tokenizer.apply_chat_template` with Qwen's template
+    (for the message order of `build_messages`)."""
+    images = "<|vision_start|><|image_pad|><|vision_end|>" * num_images
+    user = instruction + images if instruction_first else images + instruction
+    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     if action_text is not None:
         text += f"{action_text}<|im_end|>\n"
     return text
@@ -114,12 +116,12 @@ class VLAProcessor:
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"].long()}
 
     # ---------------------------------------------------------------------------------------------- prompts
-    def build_prompt(self, images: list, instruction: str, system: str) -> dict:
+    def build_prompt(self, images: list, instruction: str, system: str, instruction_first: bool = False) -> dict:
         """Token ids of the chat up to the assistant generation prompt, plus the images' patches and grids."""
         if not images:
             raise ValueError("a VLA prompt needs at least one image")
         vision = self.process_images(images)
-        text = render_chat_text(system, len(images), instruction)
+        text = render_chat_text(system, len(images), instruction, instruction_first=instruction_first)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         counts = (vision["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
         expanded, k = [], 0
@@ -133,12 +135,13 @@ class VLAProcessor:
             raise ValueError(f"prompt has {k} image placeholders for {len(images)} images")
         return {"input_ids": expanded, **vision}
 
-    def build_training_example(self, images: list, instruction: str, system: str, action_text: str) -> dict:
+    def build_training_example(self, images: list, instruction: str, system: str, action_text: str,
+                               instruction_first: bool = False) -> dict:
         """Prompt + action text + end of turn, with labels only on the answer.
 
         `action_span` = (start, end) token positions of the action text, for masked action augmentation.
         """
-        prompt = self.build_prompt(images, instruction, system)
+        prompt = self.build_prompt(images, instruction, system, instruction_first)
         action = self.encode_action_text(action_text)
         ids = prompt["input_ids"] + action + self.end_of_turn_ids
         labels = [IGNORE_INDEX] * len(prompt["input_ids"]) + action + self.end_of_turn_ids

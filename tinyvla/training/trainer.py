@@ -30,6 +30,7 @@ from tinyvla.core.codec import ActionCodec
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
+from tinyvla.inputs import IGNORE
 from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
@@ -50,9 +51,26 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (answer) tokens, the same number as the model's own causal-LM loss.
+
+    The model computes logits only at the positions that predict a label: the prompt (system text, images,
+    instruction) is well over half of every sequence, and a full-vocabulary projection plus log-softmax there is
+    pure waste. Called through the (possibly DDP/FSDP-wrapped) model's forward, so gradient sync still happens.
+    """
+    labels = batch["labels"]
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
+                                             ignore_index=IGNORE)
+
+
 def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
     a, d = recipe.actions, recipe.data
-    return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views),
+    return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
+                       instruction_first=d.instruction_first),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
                       tile_views=d.tile_views))
 
@@ -273,7 +291,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
                     batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                     # Gradients are averaged across processes only on the last micro-batch of an accumulation.
                     with _maybe_no_sync(accelerator, model, k < cfg.grad_accum - 1), accelerator.autocast():
-                        loss = model(**batch).loss
+                        loss = answer_loss(model, batch)
                         if not torch.isfinite(loss):
                             raise UserError(f"the loss became {loss.item()} at step {step}: lower train.lr, set "
                                             "train.clip_grad=1.0, or use train.precision=fp32; no checkpoint was written")
