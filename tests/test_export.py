@@ -126,3 +126,22 @@ def test_instruction_order_is_saved_and_honoured(full_ft, tmp_path):
     assert policy.prompt.instruction_first
     # Same weights, the instruction moved before the images: the model reads a different sequence.
     assert not np.array_equal(chunks(full_ft), chunks(flipped))
+
+
+def test_init_from_starts_a_run_from_a_policys_weights(full_ft):
+    import torch
+
+    from tinyvla.training.trainer import build_model
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [f"model.init_from={full_ft}"])
+    model, _ = build_model(recipe)
+    trained_model = Policy.from_pretrained(full_ft, device="cpu").model
+    ours, theirs = model.state_dict(), trained_model.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    fresh, _ = build_model(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml"))
+    assert not torch.equal(fresh.state_dict()["model.language_model.embed_tokens.weight"],
+                           ours["model.language_model.embed_tokens.weight"])
+    # A different architecture is one clear error, not a half-loaded model.
+    with pytest.raises(UserError, match="do not fit this model"):
+        build_model(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml",
+                                [f"model.init_from={full_ft}", "model.tiny.hidden_size=96"]))

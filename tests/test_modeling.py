@@ -337,12 +337,17 @@ def test_packed_vision_attention_equals_per_image_sdpa(tiny, same_size):
         torch.testing.assert_close(packed[1][n], split[1][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_answer_loss_equals_the_models_own_loss(tiny):
+@pytest.mark.parametrize("padding_side", ["right", "left"])  # right: the padding mask is dropped; left: kept
+def test_answer_loss_equals_the_models_own_loss(tiny, padding_side):
     from tinyvla.training.trainer import answer_loss
 
     _, model, processor = tiny
     model.train()
-    batch = training_batch(processor)  # two different prompt and answer lengths, right-padded
+    two = [image(64, 64, 1), image(64, 64, 2)]
+    items = [processor.build_training_example(two, "pick up the red block", SYSTEM, "0 1000 5 17"),
+             processor.build_training_example([image(64, 128, 3)], "open the drawer", SYSTEM, "999 3 250 1 8")]
+    batch = processor.collate(items, padding_side=padding_side)  # different prompt and answer lengths
+    assert (batch["attention_mask"] == 0).any()
     full = _loss_and_grads(model, batch, lambda m, b: m(**b).loss)
     ours = _loss_and_grads(model, batch, answer_loss)
     torch.testing.assert_close(ours[0], full[0], rtol=1e-5, atol=1e-6)

@@ -42,6 +42,7 @@ class ModelConfig:
     attn_implementation: str | None = "sdpa"  # sdpa | flash_attention_2 | eager
     trust_remote_code: bool = False  # stock transformers classes only, unless you really need remote code
     tiny: dict = field(default_factory=dict)  # size overrides for tiny-* models (hidden_size, num_hidden_layers, ...)
+    init_from: str | None = None  # start from a tinyvla policy's weights (a curriculum stage; same architecture)
     lora: LoraConfig = field(default_factory=LoraConfig)
     freeze_vision: bool = False  # freezing the vision tower saves memory; VLA-0 fine-tunes everything
     gradient_checkpointing: bool = False  # ~30% slower steps for much less activation memory

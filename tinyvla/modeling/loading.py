@@ -171,6 +171,40 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def load_weights_from_policy(model, path: str | Path) -> None:
+    """Copy a tinyvla policy directory's weights into `model` (same architecture): the next stage of a curriculum, or
+    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe."""
+    from safetensors.torch import load_file
+
+    from tinyvla.policy_dir import check_safe_files, resolve_policy_path
+
+    root = resolve_policy_path(path)
+    check_safe_files(root)
+    if (root / "adapter").is_dir():
+        raise UserError(f"{root} holds an unmerged LoRA adapter; export it merged first (tinyvla export {path} "
+                        "--merge-lora) and start from the export")
+    state = {}
+    for file in sorted((root / "model").glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    # Tied weights (lm_head = embed_tokens in the tiny models) are saved once; the copy fills both.
+    missing = [k for k in own if k not in state and not _is_tied(model, k)]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        first = (wrong or missing or unexpected)[0]
+        raise UserError(f"model.init_from {path}: its weights do not fit this model ({len(wrong)} shapes differ, "
+                        f"{len(missing)} missing, {len(unexpected)} unexpected; e.g. {first}); use the same "
+                        "model.name and model.tiny sizes as the run that wrote it")
+    model.load_state_dict(state, strict=False)
+
+
+def _is_tied(model, key: str) -> bool:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return key.endswith("lm_head.weight") and out is not None and inp is not None and out.weight is inp.weight
+
+
 def plain_state_dict(base, merge_lora: bool = True) -> dict:
     """The stock-model state dict of a peft-wrapped model's base (`peft_model.get_base_model()`): LoRA layers removed
     and, with merge_lora, each adapted weight replaced by W + delta (computed on CPU; the live model is untouched)."""

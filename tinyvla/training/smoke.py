@@ -23,6 +23,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     r = copy.deepcopy(recipe)
     r.model.name = tiny_family(r.model.name)
     r.model.tokenizer = None
+    r.model.init_from = None  # a smoke run builds its own tiny model; a previous stage's weights need not exist
     r.model.dtype = "fp32"
     r.model.attn_implementation = "sdpa"
     r.data.image_size = 64

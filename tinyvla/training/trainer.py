@@ -57,11 +57,18 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     The model computes logits only at the positions that predict a label: the prompt (system text, images,
     instruction) is well over half of every sequence, and a full-vocabulary projection plus log-softmax there is
     pure waste. Called through the (possibly DDP/FSDP-wrapped) model's forward, so gradient sync still happens.
+
+    A right-padded batch needs no padding mask: under causal attention a real token only sees earlier tokens, which
+    are all real, and its position ids do not depend on the padding after it. Without the mask, attention takes the
+    plain causal kernel instead of a masked one.
     """
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t + 1
     keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    mask = batch["attention_mask"]
+    right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all())
+    drop = ("labels", "attention_mask") if right_padded else ("labels",)
+    inputs = {k: v for k, v in batch.items() if k not in drop}
     logits = model(**inputs, logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
                                              ignore_index=IGNORE)
@@ -83,6 +90,10 @@ def build_model(recipe: Recipe, training: bool = True):
     model, processor = load_model(m.name, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer)
+    if m.init_from:
+        from tinyvla.modeling.loading import load_weights_from_policy
+
+        load_weights_from_policy(model, m.init_from)
     if m.freeze_vision:
         freeze_vision(model)
     if m.lora.enabled:
