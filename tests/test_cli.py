@@ -1,6 +1,7 @@
 """The command line: every verb listed, --version, inspect-tokens JSON, and one clear line + exit 2 on bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,14 @@ def test_inspect_tokens_tables(capsys):
     assert rc == 0
     for piece in ("prompt as the model reads it", "token counts", "masked training preview", "rejected"):
         assert piece in out
+
+
+def test_missing_curriculum_stage_is_one_line_before_any_data(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    rc, out, err = run(capsys, "train", str(root / "recipes" / "tiny-cpu-blockfind.yaml"),
+                       "--set", f"model.init_from={tmp_path / 'no-such-run' / 'final'}",
+                       "--set", f"data.repo={data}", "--out", str(tmp_path / "out"))
+    assert rc == 2 and "model.init_from: no policy at" in err and err.count("\n") == 1
+    assert "Traceback" not in err + out
+    assert not data.exists()  # failed before generating 3,000 demonstrations

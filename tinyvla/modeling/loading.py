@@ -171,18 +171,27 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def load_weights_from_policy(model, path: str | Path) -> None:
-    """Copy a tinyvla policy directory's weights into `model` (same architecture): the next stage of a curriculum, or
-    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe."""
-    from safetensors.torch import load_file
-
+def find_init_policy(path: str | Path) -> Path:
+    """The policy directory `model.init_from` names, checked (exists, safetensors, no unmerged adapter)."""
     from tinyvla.policy_dir import check_safe_files, resolve_policy_path
 
+    if not Path(path).exists() and str(path).count("/") != 1:  # not a local dir, and not a hub id either
+        raise UserError(f"model.init_from: no policy at {path}; train the stage it names first (its recipe's header "
+                        "says which), or point it elsewhere with --set model.init_from=DIR")
     root = resolve_policy_path(path)
     check_safe_files(root)
     if (root / "adapter").is_dir():
         raise UserError(f"{root} holds an unmerged LoRA adapter; export it merged first (tinyvla export {path} "
                         "--merge-lora) and start from the export")
+    return root
+
+
+def load_weights_from_policy(model, path: str | Path) -> None:
+    """Copy a tinyvla policy directory's weights into `model` (same architecture): the next stage of a curriculum, or
+    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe."""
+    from safetensors.torch import load_file
+
+    root = find_init_policy(path)
     state = {}
     for file in sorted((root / "model").glob("*.safetensors")):
         state.update(load_file(str(file)))

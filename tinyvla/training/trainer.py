@@ -188,6 +188,10 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         raise UserError(f"--resume: no checkpoint under {ckpt_dir}; start without --resume")
 
     # Data -> model -------------------------------------------------------------------------------------------------
+    if recipe.model.init_from:  # before generating any data: a missing earlier stage is the user's first error
+        from tinyvla.modeling.loading import find_init_policy
+
+        find_init_policy(recipe.model.init_from)
     data = load_training_data(recipe, log)
     prompt, image_spec = specs_from_recipe(recipe)
     codec = ActionCodec(data.stats, horizon=prompt.horizon, bins=prompt.bins,
