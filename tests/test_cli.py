@@ -85,3 +85,9 @@ def test_missing_curriculum_stage_is_one_line_before_any_data(tmp_path, capsys):
     assert rc == 2 and "model.init_from: no policy at" in err and err.count("\n") == 1
     assert "Traceback" not in err + out
     assert not data.exists()  # failed before generating 3,000 demonstrations
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback(capsys):
+    rc, out, err = run(capsys, "eval", "--no-such-flag", "x")
+    assert rc == 2 and "No such option: --no-such-flag" in err
+    assert "Traceback" not in err + out

@@ -51,6 +51,16 @@ def _register():
 _register()
 
 
+def _click_exception_types() -> tuple:
+    types = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            types.append(__import__(module, fromlist=["ClickException"]).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
@@ -66,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.secho("interrupted", fg="red", err=True)
         return 130
     except Exception as err:
-        # click's own usage errors (unknown option, missing argument) arrive here in non-standalone mode.
-        import click
-
-        if isinstance(err, click.ClickException):
+        # click's own usage errors (unknown option, missing argument) arrive here in non-standalone mode. Newer typer
+        # releases vendor click as typer._click, whose exception classes are not click's.
+        if isinstance(err, _click_exception_types()):
             err.show()
             return err.exit_code
         raise
