@@ -93,7 +93,6 @@ def load_model(
     model = _from_pretrained(source, name, torch_dtype, attn_implementation, trust_remote_code, device)
     processor = VLAProcessor.from_pretrained(source)
     processor.settings.setdefault("model_name", name)
-    pack_vision_attention(model)
     return model, processor
 
 
@@ -117,9 +116,11 @@ def _from_pretrained(source: str, name: str, torch_dtype, attn_implementation, t
     if device is not None:
         kwargs["device_map"] = {"": str(device)}
     try:
-        return cls.from_pretrained(source, config=config, **kwargs)
+        model = cls.from_pretrained(source, config=config, **kwargs)
     except OSError as e:
         raise UserError(f"could not load the weights of model {name!r} ({e}); {hint}") from e
+    pack_vision_attention(model)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------- training
@@ -267,5 +268,4 @@ def load_policy_model(directory, *, dtype="fp32", device=None, attn_implementati
         raise UserError(f"{directory} has no model.safetensors; tinyvla loads safetensors checkpoints only")
     model = _from_pretrained(str(directory), str(directory), _dtype(dtype), attn_implementation, False, device)
     processor = VLAProcessor.from_pretrained(str(directory))
-    pack_vision_attention(model)
     return model, processor
