@@ -171,6 +171,36 @@ def test_generated_episodes_are_coarse_successful_and_reproducible():
     assert len(tasks) >= 3
 
 
+def test_paired_episodes_share_a_first_image_and_name_every_block():
+    eps = list(generate_episodes("blockfind", episodes=8, seed=3, image_size=32, n_blocks=4, paired=True))
+    assert len(eps) == 8
+    for group in (eps[:4], eps[4:]):  # 4 blocks: four demos per layout, one per colour
+        assert sorted(e["task"].split()[3] for e in group) == sorted(COLORS)
+        for e in group[1:]:
+            np.testing.assert_array_equal(e["image"][0], group[0]["image"][0])
+            np.testing.assert_array_equal(e["wrist_image"][0], group[0]["wrist_image"][0])
+        assert all(e["success"] for e in group)
+        # different targets from one start: the first moves are not all the same
+        assert len({tuple(e["actions"][0, :2]) for e in group}) > 1 or len({len(e["actions"]) for e in group}) > 1
+    assert not np.array_equal(eps[0]["image"][0], eps[4]["image"][0])  # a new layout after each group
+    unpaired = list(generate_episodes("blockfind", episodes=3, seed=3, image_size=32))
+    assert len({u["image"][0].tobytes() for u in unpaired}) == 3
+    with pytest.raises(UserError, match="blockfind"):
+        next(generate_episodes("blockfind-reach", episodes=2, seed=0, paired=True))
+
+
+def test_retarget_keeps_the_layout_and_refuses_an_absent_colour():
+    env = make_env("blockfind", image_size=32, seed=1)
+    obs, _ = env.reset(seed=9)
+    other = next(c for c in env.block_colors if c != env.target_color)
+    obs2, info = env.retarget(other)
+    assert env.instruction == f"pick up the {other} block" and info["target_color"] == other
+    np.testing.assert_array_equal(obs["image"], obs2["image"])
+    absent = next(c for c in COLORS if c not in env.block_colors)
+    with pytest.raises(UserError, match="not on the table"):
+        env.retarget(absent)
+
+
 def test_generate_dataset_round_trips_through_the_lerobot_reader(tmp_path):
     from tinyvla.data.lerobot import LeRobotDataset
     from tinyvla.envs.blockfind import generate_dataset
@@ -184,3 +214,20 @@ def test_generate_dataset_round_trips_through_the_lerobot_reader(tmp_path):
     np.testing.assert_array_equal(first["image"], eps[0]["image"][0])  # PNG is lossless
     np.testing.assert_array_equal(first["wrist_image"], eps[0]["wrist_image"][0])
     assert first["instruction"] == eps[0]["task"] and first["actions"].shape == (4, 7)
+
+
+def test_a_recipe_generates_paired_demos_when_asked(tmp_path):
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.data import resolve_dataset
+
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml", [
+        f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=4", "data.generate_paired=true",
+        "data.generate_blocks=2"])
+    reader = resolve_dataset(recipe, log=lambda *a: None)
+    episodes = np.asarray(reader.episode_index())
+    first = [reader.sample(int(np.flatnonzero(episodes == e)[0]), 1) for e in range(4)]
+    np.testing.assert_array_equal(first[0]["image"], first[1]["image"])  # two blocks: two demos per layout
+    assert first[0]["instruction"] != first[1]["instruction"]
+    assert not np.array_equal(first[1]["image"], first[2]["image"])

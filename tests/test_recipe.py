@@ -58,6 +58,8 @@ def test_parse_override_values():
         ("", ["train.schedule=cosin"], "train.schedule: 'cosin' is not one of constant, cosine (did you mean 'cosine'?)"),
         ("", ["data.suite=libero_obj"], "data.suite: 'libero_obj' is not one of"),
         ("", ["eval.execute_horizon=9"], "eval.execute_horizon must be in 1..actions.horizon"),
+        ("", ["data.generate_blocks=5"], "data.generate_blocks must be in 2..4"),
+        ("", ["data.suite=blockfind-reach", "data.generate_paired=true"], "data.generate_paired needs data.suite=blockfind"),
         ("model: 3\n", [], "model: expected a section"),
         ("- a\n- b\n", [], "must be a YAML mapping"),
     ],

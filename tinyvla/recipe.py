@@ -54,6 +54,8 @@ class DataConfig:
     suite: str | None = "libero_all"  # which tasks to train on; blockfind* also generates the data when missing
     generate_episodes: int = 400  # blockfind only: expert demonstrations to generate if `repo` does not exist
     generate_seed: int = 0
+    generate_blocks: int = 3  # blockfind only: blocks per demo scene (evaluation uses 3); more = fewer "nearest" wins
+    generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -176,6 +178,11 @@ class Recipe:
             raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1}, got {self.actions.gripper_dim}")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
+        if not 2 <= self.data.generate_blocks <= 4:
+            raise UserError(f"data.generate_blocks must be in 2..4 (BlockFind has four colours), "
+                            f"got {self.data.generate_blocks}")
+        if self.data.generate_paired and self.data.suite != "blockfind":
+            raise UserError(f"data.generate_paired needs data.suite=blockfind (named colours), got {self.data.suite!r}")
         return self
 
     @property

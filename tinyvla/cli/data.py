@@ -153,9 +153,12 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Output directory (a LeRobot v2.0 dataset)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     image_size: int = typer.Option(64, "--image-size", min=8, help="Side of the square camera images."),
+    blocks: int = typer.Option(3, "--blocks", help="Blocks on the table (2-4; evaluation uses 3)."),
+    paired: bool = typer.Option(False, "--paired", help="blockfind: demonstrate every block of each layout from one "
+                                                        "start, so only the instruction tells the demos apart."),
 ):
     """Write BlockFind expert demonstrations as a LeRobot v2.0 dataset (the physical-intelligence/libero layout)."""
     from tinyvla.envs.blockfind import generate_dataset  # lazy: keeps `tinyvla --help` fast
 
-    path = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size)
+    path = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks, paired=paired)
     typer.echo(f"wrote {path}")

@@ -146,6 +146,15 @@ class BlockFindEnv:
         self._scene_bg = self._draw_scene_background()
         return self._obs(), self._info(success=False)
 
+    def retarget(self, color: str):
+        """Name another block already on the table as the target, keeping the layout and the gripper (paired demos:
+        the same first image under every instruction, so only the words tell the demonstrations apart)."""
+        if color not in self.block_colors:
+            raise UserError(f"target colour {color!r} is not on the table; blocks: {', '.join(self.block_colors)}")
+        self.target_color = str(color)
+        self.instruction = INSTRUCTION.format(color=self.target_color)
+        return self._obs(), self._info(success=False)
+
     def step(self, action):
         if self._done:
             raise UserError("BlockFind episode is over (or never started): call env.reset() before env.step()")
@@ -307,8 +316,14 @@ def run_policy(env_factory: Callable[[], BlockFindEnv], policy_fn: Callable, epi
 
 
 def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64, only_success: bool = True,
-                      noise: float = 0.1, max_steps: int = DEFAULT_MAX_STEPS) -> Iterator[dict]:
+                      noise: float = 0.1, max_steps: int = DEFAULT_MAX_STEPS, n_blocks: int = 3,
+                      paired: bool = False) -> Iterator[dict]:
     """Yield `episodes` expert rollouts (only successful ones unless only_success=False), deterministic in `seed`.
+
+    paired=True (the `blockfind` level only) demonstrates every block of a layout in turn from the same gripper start:
+    n_blocks episodes share their first image and differ only in the instruction and the actions, which is the
+    clearest signal that the colour word matters (in independent demos most frames are solvable by "go to the nearest
+    block").
 
     Each dict: task (str), image / wrist_image uint8 (T, S, S, 3), state float32 (T, 8), actions float32 (T, 7),
     success (bool). Frame t holds the observation the expert saw and the action it took there; the last frame's
@@ -316,14 +331,24 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
     """
     if episodes < 0:
         raise UserError(f"episodes must be >= 0, got {episodes}")
-    env = make_env(suite, image_size=image_size, max_steps=max_steps)
+    if paired and suite != "blockfind":
+        raise UserError(f"paired demonstrations need the named-colour 'blockfind' suite, not {suite!r}")
+    env = make_env(suite, image_size=image_size, max_steps=max_steps, n_blocks=n_blocks)
     master = np.random.default_rng(seed)
-    made, attempts = 0, 0
+    made, attempts, siblings = 0, 0, []
     while made < episodes:
         attempts += 1
         if attempts > 10 * episodes + 100:  # a >= 95% expert never gets here; guard against a bad noise setting
             raise UserError(f"the BlockFind expert keeps failing (noise={noise}); lower the noise")
-        obs, _ = env.reset(seed=int(master.integers(2**31)))
+        if siblings:  # the same layout and start again, naming the next colour
+            layout_seed, color = siblings.pop()
+            env.reset(seed=layout_seed)
+            obs, _ = env.retarget(color)
+        else:
+            layout_seed = int(master.integers(2**31))
+            obs, _ = env.reset(seed=layout_seed)
+            if paired:
+                siblings = [(layout_seed, c) for c in reversed(env.block_colors) if c != env.target_color]
         frames = {"image": [], "wrist_image": [], "state": [], "actions": []}
         while True:
             a = expert_action(env, master, noise=noise)
@@ -346,11 +371,12 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
         }
 
 
-def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10):
+def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10,
+                     n_blocks: int = 3, paired: bool = False):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
-    eps = generate_episodes(suite, episodes, seed, image_size=image_size)
+    eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired)
     return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind")
 
 

@@ -40,7 +40,8 @@ def resolve_dataset(recipe: Recipe, log=print):
         from tinyvla.envs.blockfind import generate_dataset
 
         log(f"generating {cfg.generate_episodes} {cfg.suite} expert episodes into {repo} (first run only)")
-        generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed)
+        generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed,
+                         n_blocks=cfg.generate_blocks, paired=cfg.generate_paired)
     tasks = None
     if cfg.suite is not None and cfg.suite not in BLOCKFIND_SUITES:
         from tinyvla.data.libero_tasks import suite_tasks
