@@ -189,6 +189,26 @@ def test_paired_episodes_share_a_first_image_and_name_every_block():
         next(generate_episodes("blockfind-reach", episodes=2, seed=0, paired=True))
 
 
+def test_home_layout_puts_each_colour_in_its_quadrant_and_leaves_random_layouts_alone():
+    from tinyvla.envs.blockfind import HOME_CENTERS, HOME_JITTER
+
+    env = make_env("blockfind", image_size=32)
+    for seed in range(20):
+        env.reset(seed=seed, options={"home_layout": True})
+        for c, p in zip(env.block_colors, env.block_pos):
+            assert np.all(np.abs(p - HOME_CENTERS[c]) <= HOME_JITTER + 1e-12)
+        d = np.linalg.norm(env.block_pos[:, None] - env.block_pos[None], axis=-1) + np.eye(len(env.block_pos))
+        assert d.min() >= 0.3 - 1e-9  # never overlapping
+    env.reset(seed=3)
+    plain = env.block_pos.copy()
+    env.reset(seed=3, options={"home_layout": False})
+    np.testing.assert_array_equal(plain, env.block_pos)  # evaluation's layouts do not change
+    eps = list(generate_episodes("blockfind", episodes=6, seed=0, image_size=32, home_layouts=1.0))
+    assert all(e["success"] for e in eps)
+    with pytest.raises(UserError, match="share of the layouts"):
+        next(generate_episodes("blockfind", episodes=2, seed=0, home_layouts=1.5))
+
+
 def test_retarget_keeps_the_layout_and_refuses_an_absent_colour():
     env = make_env("blockfind", image_size=32, seed=1)
     obs, _ = env.reset(seed=9)

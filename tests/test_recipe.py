@@ -60,6 +60,7 @@ def test_parse_override_values():
         ("", ["eval.execute_horizon=9"], "eval.execute_horizon must be in 1..actions.horizon"),
         ("", ["data.generate_blocks=5"], "data.generate_blocks must be in 2..4"),
         ("", ["data.suite=blockfind-reach", "data.generate_paired=true"], "data.generate_paired needs data.suite=blockfind"),
+        ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts is a share of the layouts"),
         ("model: 3\n", [], "model: expected a section"),
         ("- a\n- b\n", [], "must be a YAML mapping"),
     ],

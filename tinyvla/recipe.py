@@ -56,6 +56,7 @@ class DataConfig:
     generate_seed: int = 0
     generate_blocks: int = 3  # blockfind only: blocks per demo scene (evaluation uses 3); more = fewer "nearest" wins
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
+    generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -183,6 +184,12 @@ class Recipe:
                             f"got {self.data.generate_blocks}")
         if self.data.generate_paired and self.data.suite != "blockfind":
             raise UserError(f"data.generate_paired needs data.suite=blockfind (named colours), got {self.data.suite!r}")
+        if not 0.0 <= self.data.generate_home_layouts <= 1.0:
+            raise UserError(f"data.generate_home_layouts is a share of the layouts, in [0, 1]; "
+                            f"got {self.data.generate_home_layouts}")
+        if self.data.generate_home_layouts and self.data.suite != "blockfind":
+            raise UserError(f"data.generate_home_layouts needs data.suite=blockfind (named colours), "
+                            f"got {self.data.suite!r}")
         return self
 
     @property

@@ -156,9 +156,13 @@ def generate(
     blocks: int = typer.Option(3, "--blocks", help="Blocks on the table (2-4; evaluation uses 3)."),
     paired: bool = typer.Option(False, "--paired", help="blockfind: demonstrate every block of each layout from one "
                                                         "start, so only the instruction tells the demos apart."),
+    home_layouts: float = typer.Option(0.0, "--home-layouts", min=0.0, max=1.0,
+                                       help="blockfind: share of layouts with each colour in its own quadrant "
+                                            "(a curriculum: the colour word alone points the way there)."),
 ):
     """Write BlockFind expert demonstrations as a LeRobot v2.0 dataset (the physical-intelligence/libero layout)."""
     from tinyvla.envs.blockfind import generate_dataset  # lazy: keeps `tinyvla --help` fast
 
-    path = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks, paired=paired)
+    path = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks, paired=paired,
+                            home_layouts=home_layouts)
     typer.echo(f"wrote {path}")

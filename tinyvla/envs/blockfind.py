@@ -54,6 +54,12 @@ WRIST_HALF_EXTENT = 0.6  # the wrist camera sees [-0.6, 0.6] around the gripper
 GRIPPER_Z = 0.1  # constant hover height, reported in the state
 FINGER_OPEN = 0.04  # finger joint positions reported in the state, like the Panda's qpos (+q, -q)
 
+# Home squares for the "home layout" (a training curriculum, never used in evaluation): each colour sits within 0.1
+# of its own quadrant centre, so the colour word alone says roughly where to go. Neighbouring squares stay
+# BLOCK_MIN_DIST apart (0.75 - 0.25 - 2 * 0.1 = 0.3).
+HOME_CENTERS = {"red": (0.25, 0.75), "green": (0.75, 0.75), "blue": (0.25, 0.25), "yellow": (0.75, 0.25)}
+HOME_JITTER = 0.1
+
 DEFAULT_MAX_STEPS = 40  # the expert needs at most ~9 moves + 1 grasp; room for noise and for a learner's detours
 INSTRUCTION = "pick up the {color} block"  # one template for both levels
 
@@ -105,14 +111,16 @@ class BlockFindEnv:
     # gymnasium-style API
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        """Start an episode. `seed` reseeds the env's generator (as in gymnasium); `options={"target_color": c}`
-        forces the named colour (it is put on the table)."""
+        """Start an episode. `seed` reseeds the env's generator (as in gymnasium). Options: `target_color` forces the
+        named colour (it is put on the table); `home_layout=True` puts each block in its colour's home square
+        (HOME_CENTERS; a training curriculum in which the colour word alone points the way)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         options = dict(options or {})
         forced = options.pop("target_color", None)
+        home_layout = bool(options.pop("home_layout", False))
         if options:
-            raise UserError(f"unknown BlockFind reset options {sorted(options)}; the only option is 'target_color'")
+            raise UserError(f"unknown BlockFind reset options {sorted(options)}; valid: 'target_color', 'home_layout'")
         if forced is not None and forced not in COLORS:
             raise UserError(f"unknown target_color {forced!r}; valid colours: {', '.join(COLORS)}")
         rng = self._rng
@@ -131,7 +139,11 @@ class BlockFindEnv:
         rng.shuffle(colors)  # the target's index carries no information
 
         self.block_colors = [str(c) for c in colors]
-        self.block_pos = _sample_separated(rng, self.n_blocks, BLOCK_RANGE, BLOCK_MIN_DIST)
+        if home_layout:
+            home = np.array([HOME_CENTERS[c] for c in self.block_colors])
+            self.block_pos = home + rng.uniform(-HOME_JITTER, HOME_JITTER, size=home.shape)
+        else:
+            self.block_pos = _sample_separated(rng, self.n_blocks, BLOCK_RANGE, BLOCK_MIN_DIST)
         # Rejection-sample the gripper start so that no block is already within reach.
         for _ in range(1000):
             g = rng.uniform(*GRIPPER_RANGE, size=2)
@@ -317,7 +329,7 @@ def run_policy(env_factory: Callable[[], BlockFindEnv], policy_fn: Callable, epi
 
 def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64, only_success: bool = True,
                       noise: float = 0.1, max_steps: int = DEFAULT_MAX_STEPS, n_blocks: int = 3,
-                      paired: bool = False) -> Iterator[dict]:
+                      paired: bool = False, home_layouts: float = 0.0) -> Iterator[dict]:
     """Yield `episodes` expert rollouts (only successful ones unless only_success=False), deterministic in `seed`.
 
     paired=True (the `blockfind` level only) demonstrates every block of a layout in turn from the same gripper start:
@@ -325,14 +337,21 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
     clearest signal that the colour word matters (in independent demos most frames are solvable by "go to the nearest
     block").
 
+    home_layouts (0..1) is the share of layouts with every block in its colour's home square (`reset` option
+    `home_layout`): there the word alone predicts the direction, a first-order reason to read it. With random layouts
+    only, the word helps only jointly with the image, and a small model from scratch or from the reach policy never
+    starts reading it (its hidden state at the answer does not change with the word).
+
     Each dict: task (str), image / wrist_image uint8 (T, S, S, 3), state float32 (T, 8), actions float32 (T, 7),
     success (bool). Frame t holds the observation the expert saw and the action it took there; the last frame's
     action is the grasp.
     """
     if episodes < 0:
         raise UserError(f"episodes must be >= 0, got {episodes}")
-    if paired and suite != "blockfind":
-        raise UserError(f"paired demonstrations need the named-colour 'blockfind' suite, not {suite!r}")
+    if (paired or home_layouts) and suite != "blockfind":
+        raise UserError(f"paired demonstrations and home layouts need the named-colour 'blockfind' suite, not {suite!r}")
+    if not 0.0 <= home_layouts <= 1.0:
+        raise UserError(f"home_layouts is a share of the layouts, in [0, 1]; got {home_layouts}")
     env = make_env(suite, image_size=image_size, max_steps=max_steps, n_blocks=n_blocks)
     master = np.random.default_rng(seed)
     made, attempts, siblings = 0, 0, []
@@ -341,14 +360,15 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
         if attempts > 10 * episodes + 100:  # a >= 95% expert never gets here; guard against a bad noise setting
             raise UserError(f"the BlockFind expert keeps failing (noise={noise}); lower the noise")
         if siblings:  # the same layout and start again, naming the next colour
-            layout_seed, color = siblings.pop()
-            env.reset(seed=layout_seed)
+            layout_seed, home, color = siblings.pop()
+            env.reset(seed=layout_seed, options={"home_layout": home})
             obs, _ = env.retarget(color)
         else:
             layout_seed = int(master.integers(2**31))
-            obs, _ = env.reset(seed=layout_seed)
+            home = bool(home_layouts) and bool(master.random() < home_layouts)
+            obs, _ = env.reset(seed=layout_seed, options={"home_layout": home})
             if paired:
-                siblings = [(layout_seed, c) for c in reversed(env.block_colors) if c != env.target_color]
+                siblings = [(layout_seed, home, c) for c in reversed(env.block_colors) if c != env.target_color]
         frames = {"image": [], "wrist_image": [], "state": [], "actions": []}
         while True:
             a = expert_action(env, master, noise=noise)
@@ -372,11 +392,12 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
 
 
 def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10,
-                     n_blocks: int = 3, paired: bool = False):
+                     n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
-    eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired)
+    eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
+                            home_layouts=home_layouts)
     return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind")
 
 

@@ -41,7 +41,8 @@ def resolve_dataset(recipe: Recipe, log=print):
 
         log(f"generating {cfg.generate_episodes} {cfg.suite} expert episodes into {repo} (first run only)")
         generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed,
-                         n_blocks=cfg.generate_blocks, paired=cfg.generate_paired)
+                         n_blocks=cfg.generate_blocks, paired=cfg.generate_paired,
+                         home_layouts=cfg.generate_home_layouts)
     tasks = None
     if cfg.suite is not None and cfg.suite not in BLOCKFIND_SUITES:
         from tinyvla.data.libero_tasks import suite_tasks
