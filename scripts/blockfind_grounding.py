@@ -6,6 +6,11 @@ For each episode: the block the policy's first predicted move points at (cosine 
 the outcome: success, the wrong block picked up, or out of time. A policy that ignores the instruction picks the named
 block one time in three (three blocks on the table); `first move to the named block` near 1/3 means the colour word
 is not used, whatever the success rate.
+
+It also prints, per layer, how much the hidden state at the last prompt position (where the first action digit is
+predicted) changes with the colour word, relative to how much it changes with the image: one layout under each of its
+three instructions. A ratio near 0 means the word never reaches the answer: the saddle the home-layout curriculum
+gets the model out of (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -46,9 +51,32 @@ def main() -> None:
             if terminated or truncated:
                 break
         outcomes["success" if info["success"] else "wrong block" if info.get("grasped") else "out of time"] += 1
+    word_vs_image = word_sensitivity(policy, env, layouts=min(args.episodes, 30), seed=args.seed)
     n = args.episodes
+    print("hidden state at the answer, variance from the word / from the image, per layer: "
+          + "  ".join(f"{i}: {r:.3f}" for i, r in enumerate(word_vs_image)))
     print(f"episodes {n}: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     print(f"first move to the named block: {first_to_target}/{n} ({first_to_target / n:.0%}; ignoring the word: ~33%)")
+
+
+def word_sensitivity(policy, env, layouts: int, seed: int) -> list[float]:
+    """Per layer: mean variance of the last prompt position's hidden state across the instructions of one layout,
+    divided by its variance across layouts (the instruction-averaged state)."""
+    import torch
+
+    states = []
+    for i in range(layouts):
+        obs, _ = env.reset(seed=seed + i)
+        n = len(env.block_colors)
+        batch = policy.encode_batch([obs["image"]] * n, [obs["wrist_image"]] * n,
+                                    [f"pick up the {c} block" for c in env.block_colors])
+        with torch.no_grad():
+            out = policy.model(**batch, output_hidden_states=True)
+        states.append(torch.stack([h[:, -1] for h in out.hidden_states]).float().numpy())  # layers, n, width
+    h = np.stack(states)  # layouts, layers, n, width
+    word = ((h - h.mean(2, keepdims=True)) ** 2).mean(axis=(0, 2, 3))
+    image = ((h.mean(2) - h.mean(axis=(0, 2))) ** 2).mean(axis=(0, 2))
+    return [float(w / max(m, 1e-12)) for w, m in zip(word, image)]
 
 
 if __name__ == "__main__":

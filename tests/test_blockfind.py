@@ -251,3 +251,18 @@ def test_a_recipe_generates_paired_demos_when_asked(tmp_path):
     np.testing.assert_array_equal(first[0]["image"], first[1]["image"])  # two blocks: two demos per layout
     assert first[0]["instruction"] != first[1]["instruction"]
     assert not np.array_equal(first[1]["image"], first[2]["image"])
+
+
+def test_reused_demos_made_with_other_settings_are_refused(tmp_path):
+    from pathlib import Path
+
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.data import resolve_dataset
+
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml"
+    repo = f"data.repo={tmp_path / 'bf'}"
+    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=2"]), log=lambda *a: None)
+    # the same kind of demos, another count: reused as they are
+    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=5"]), log=lambda *a: None)
+    with pytest.raises(UserError, match=r"generated with other settings: paired False \(recipe: True\).*remove it"):
+        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_paired=true"]), log=lambda *a: None)

@@ -24,6 +24,7 @@ Everything here is numpy + stdlib: no torch, no gymnasium (the API only follows 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -396,9 +397,24 @@ def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_si
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
+    from tinyvla.core.atomic import write_json_atomic
+
+    settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
                             home_layouts=home_layouts)
-    return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind")
+    path = write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind")
+    write_json_atomic(Path(path) / GENERATION_FILE, settings)  # so a later run can tell if the data still fits
+    return path
+
+
+GENERATION_FILE = "meta/blockfind_generation.json"
+
+
+def generation_settings(suite: str, episodes: int, seed: int = 0, image_size: int = 64, n_blocks: int = 3,
+                        paired: bool = False, home_layouts: float = 0.0) -> dict:
+    """What a generated BlockFind dataset was made with (written beside it, compared when a recipe reuses it)."""
+    return {"suite": suite, "episodes": int(episodes), "seed": int(seed), "image_size": int(image_size),
+            "n_blocks": int(n_blocks), "paired": bool(paired), "home_layouts": float(home_layouts)}
 
 
 def time_render(image_size: int = 64, n: int = 2000) -> float:

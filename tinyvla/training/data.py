@@ -43,12 +43,35 @@ def resolve_dataset(recipe: Recipe, log=print):
         generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed,
                          n_blocks=cfg.generate_blocks, paired=cfg.generate_paired,
                          home_layouts=cfg.generate_home_layouts)
+    elif cfg.suite in BLOCKFIND_SUITES:
+        _check_generated_data_fits(cfg)
     tasks = None
     if cfg.suite is not None and cfg.suite not in BLOCKFIND_SUITES:
         from tinyvla.data.libero_tasks import suite_tasks
 
         tasks = suite_tasks(cfg.suite)
     return open_dataset(repo, image_key=cfg.image_key, wrist_key=cfg.wrist_key, action_key=cfg.action_key, tasks=tasks)
+
+
+def _check_generated_data_fits(cfg) -> None:
+    """A BlockFind dataset generated earlier with other settings than the recipe's is refused, not silently reused
+    (e.g. data.generate_paired changed but data.repo still points at the old demos)."""
+    import json
+
+    from tinyvla.envs.blockfind import GENERATION_FILE, generation_settings
+
+    made = Path(cfg.repo) / GENERATION_FILE
+    if not made.is_file():  # written by hand, by `data generate` of an older tinyvla, or not BlockFind's generator
+        return
+    wanted = generation_settings(cfg.suite, cfg.generate_episodes, cfg.generate_seed, n_blocks=cfg.generate_blocks,
+                                 paired=cfg.generate_paired, home_layouts=cfg.generate_home_layouts)
+    have = json.loads(made.read_text())
+    # the kind of demos, not how many: a dataset made with `tinyvla data generate --episodes N` is the user's choice
+    differ = [k for k in ("suite", "n_blocks", "paired", "home_layouts") if have.get(k) != wanted[k]]
+    if differ:
+        diff = ", ".join(f"{k} {have.get(k)!r} (recipe: {wanted[k]!r})" for k in differ)
+        raise UserError(f"{cfg.repo} was generated with other settings: {diff}; remove it or set data.repo to a "
+                        "new directory")
 
 
 def split_episodes(reader, val_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
