@@ -334,9 +334,9 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
     """Yield `episodes` expert rollouts (only successful ones unless only_success=False), deterministic in `seed`.
 
     paired=True (the `blockfind` level only) demonstrates every block of a layout in turn from the same gripper start:
-    n_blocks episodes share their first image and differ only in the instruction and the actions, which is the
-    clearest signal that the colour word matters (in independent demos most frames are solvable by "go to the nearest
-    block").
+    n_blocks episodes share their first image and differ only in the instruction and the actions (in independent demos
+    most frames are solvable by "go to the nearest block"). Measured: not enough on its own to make a tiny model read
+    the word (BENCHMARKS.md).
 
     home_layouts (0..1) is the share of layouts with every block in its colour's home square (`reset` option
     `home_layout`): there the word alone predicts the direction, a first-order reason to read it. With random layouts
