@@ -640,12 +640,13 @@ def _check_episode(n: int, ep: dict) -> int:
 
 
 def write_lerobot_v2(out_dir: str | os.PathLike, episodes: Iterable[dict], fps: int, robot_type: str = "panda",
-                     overwrite: bool = True) -> Path:
+                     overwrite: bool = True, extra_meta: dict[str, dict] | None = None) -> Path:
     """Write episodes as a LeRobot codebase v2.0 dataset with the schema of physical-intelligence/libero.
 
     Each episode: {"task": str, "image": uint8 (T,H,W,3), "wrist_image": uint8 (T,H,W,3), "state": float32 (T,S),
     "actions": float32 (T,A)}; other keys are ignored. Episodes are streamed (one in memory at a time). The dataset
-    is built in a temp directory beside `out_dir` and renamed into place only when complete.
+    is built in a temp directory beside `out_dir` and renamed into place only when complete. `extra_meta` maps file
+    names to JSON objects written into meta/ with the rest, so they appear together with the data or not at all.
     """
     from tinyvla.core.atomic import atomic_dir
 
@@ -753,4 +754,6 @@ def write_lerobot_v2(out_dir: str | os.PathLike, episodes: Iterable[dict], fps: 
         (meta / "tasks.jsonl").write_text(
             "".join(json.dumps({"task_index": i, "task": t}) + "\n" for t, i in tasks.items()))
         (meta / "stats.json").write_text(json.dumps(stats_json, indent=4))
+        for name, obj in (extra_meta or {}).items():
+            (meta / name).write_text(json.dumps(obj, indent=4))
     return out_dir

@@ -397,17 +397,15 @@ def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_si
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
-    from tinyvla.core.atomic import write_json_atomic
-
     settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
                             home_layouts=home_layouts)
-    path = write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind")
-    write_json_atomic(Path(path) / GENERATION_FILE, settings)  # so a later run can tell if the data still fits
-    return path
+    # The settings go into meta/ with the data, so a later run can tell whether the demos still fit its recipe.
+    return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind",
+                            extra_meta={Path(GENERATION_FILE).name: settings})
 
 
-GENERATION_FILE = "meta/blockfind_generation.json"
+GENERATION_FILE = "meta/blockfind_generation.json"  # relative to the dataset root
 
 
 def generation_settings(suite: str, episodes: int, seed: int = 0, image_size: int = 64, n_blocks: int = 3,
