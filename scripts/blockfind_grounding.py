@@ -64,12 +64,14 @@ def word_sensitivity(policy, env, layouts: int, seed: int) -> list[float]:
     divided by its variance across layouts (the instruction-averaged state)."""
     import torch
 
+    from tinyvla.envs.blockfind import INSTRUCTION
+
     states = []
     for i in range(layouts):
         obs, _ = env.reset(seed=seed + i)
         n = len(env.block_colors)
         batch = policy.encode_batch([obs["image"]] * n, [obs["wrist_image"]] * n,
-                                    [f"pick up the {c} block" for c in env.block_colors])
+                                    [INSTRUCTION.format(color=c) for c in env.block_colors])
         with torch.no_grad():
             out = policy.model(**batch, output_hidden_states=True)
         states.append(torch.stack([h[:, -1] for h in out.hidden_states]).float().numpy())  # layers, n, width

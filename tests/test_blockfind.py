@@ -1,5 +1,7 @@
 """BlockFind: API shape, determinism, the success rule, and that the levels separate good and bad policies."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -240,8 +242,6 @@ def test_a_recipe_generates_paired_demos_when_asked(tmp_path):
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    from pathlib import Path
-
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml", [
         f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=4", "data.generate_paired=true",
         "data.generate_blocks=2"])
@@ -254,8 +254,6 @@ def test_a_recipe_generates_paired_demos_when_asked(tmp_path):
 
 
 def test_reused_demos_made_with_other_settings_are_refused(tmp_path):
-    from pathlib import Path
-
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
