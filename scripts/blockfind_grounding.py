@@ -10,7 +10,12 @@ is not used, whatever the success rate.
 It also prints, per layer, how much the hidden state at the last prompt position (where the first action digit is
 predicted) changes with the colour word, relative to how much it changes with the image: one layout under each of its
 three instructions. A ratio near 0 means the word never reaches the answer: the saddle the home-layout curriculum
-gets the model out of (BENCHMARKS.md).
+gets the model out of (BENCHMARKS.md). With `instruction_position: end` that position IS the colour word, so layer 0
+is large by construction; what matters is whether it survives to the last layer.
+
+Per axis: how often the sign of the first move's dx (dy) agrees with the named block's offset, against how often it
+agrees with the other blocks' (offsets under 0.1 skipped). Equal rates = that axis ignores the word; with the
+instruction at the end dx (predicted at the colour word) grounds first, dy (four tokens later) after.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def main() -> None:
     policy = Policy.from_pretrained(args.policy, device="cpu")
     env = make_env("blockfind", image_size=64)
     outcomes, first_to_target = collections.Counter(), 0
+    agree = np.zeros((2, 2))  # [named, other] x [dx, dy]: sign agreements
+    counted = np.zeros((2, 2))
     for ep in range(args.episodes):
         obs, _ = env.reset(seed=args.seed + ep)
         target = env.block_colors.index(env.target_color)
@@ -44,6 +51,11 @@ def main() -> None:
         move = policy.predict_chunk(obs["image"], obs["wrist_image"], env.instruction)[0, :2]
         cosines = offsets @ move / (np.linalg.norm(offsets, axis=1) * np.linalg.norm(move) + 1e-9)
         first_to_target += int(np.argmax(cosines) == target)
+        far = np.abs(offsets) >= 0.1
+        for b in range(len(offsets)):
+            kind = 0 if b == target else 1
+            agree[kind] += far[b] * (np.sign(move) == np.sign(offsets[b]))
+            counted[kind] += far[b]
         policy.reset(1)
         while True:
             action = policy.act_batch([obs], [env.instruction], [0])[0]
@@ -56,6 +68,9 @@ def main() -> None:
     print("hidden state at the answer, variance from the word / from the image, per layer: "
           + "  ".join(f"{i}: {r:.3f}" for i, r in enumerate(word_vs_image)))
     print(f"episodes {n}: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    rate = agree / np.maximum(counted, 1)
+    print(f"first move's sign agrees with the named block: dx {rate[0, 0]:.0%} dy {rate[0, 1]:.0%}; "
+          f"with the other blocks: dx {rate[1, 0]:.0%} dy {rate[1, 1]:.0%}")
     print(f"first move to the named block: {first_to_target}/{n} ({first_to_target / n:.0%}; ignoring the word: ~33%)")
 
 

@@ -9,6 +9,7 @@ from tinyvla.envs.blockfind import (
     COLORS,
     GRASP_RADIUS,
     SUITES,
+    color_named_in,
     expert_action,
     generate_episodes,
     make_env,
@@ -74,7 +75,7 @@ def test_observation_and_step_shapes():
     assert obs["image"].dtype == obs["wrist_image"].dtype == np.uint8
     assert obs["state"].shape == (8,) and obs["state"].dtype == np.float32
     assert info["success"] is False and isinstance(env.instruction, str)
-    assert env.instruction == "pick up the red block"
+    assert env.instruction == "pick up the block that is red"
     obs, reward, terminated, truncated, info = env.step(np.zeros(7))
     assert obs["image"].shape == (48, 48, 3) and reward == 0.0
     assert (terminated, truncated, info["success"]) == (False, False, False)
@@ -151,7 +152,7 @@ def test_named_level_asks_for_every_colour():
     asked = {env.reset(seed=s)[1]["target_color"] for s in range(40)}
     assert asked == set(COLORS)
     env.reset(seed=0, options={"target_color": "blue"})
-    assert env.instruction == "pick up the blue block" and "blue" in env.block_colors
+    assert env.instruction == "pick up the block that is blue" and "blue" in env.block_colors
 
 
 def test_generated_episodes_are_coarse_successful_and_reproducible():
@@ -177,7 +178,7 @@ def test_paired_episodes_share_a_first_image_and_name_every_block():
     eps = list(generate_episodes("blockfind", episodes=8, seed=3, image_size=32, n_blocks=4, paired=True))
     assert len(eps) == 8
     for group in (eps[:4], eps[4:]):  # 4 blocks: four demos per layout, one per colour
-        assert sorted(e["task"].split()[3] for e in group) == sorted(COLORS)
+        assert sorted(color_named_in(e["task"]) for e in group) == sorted(COLORS)
         for e in group[1:]:
             np.testing.assert_array_equal(e["image"][0], group[0]["image"][0])
             np.testing.assert_array_equal(e["wrist_image"][0], group[0]["wrist_image"][0])
@@ -216,7 +217,7 @@ def test_retarget_keeps_the_layout_and_refuses_an_absent_colour():
     obs, _ = env.reset(seed=9)
     other = next(c for c in env.block_colors if c != env.target_color)
     obs2, info = env.retarget(other)
-    assert env.instruction == f"pick up the {other} block" and info["target_color"] == other
+    assert env.instruction == f"pick up the block that is {other}" and info["target_color"] == other
     np.testing.assert_array_equal(obs["image"], obs2["image"])
     absent = next(c for c in COLORS if c not in env.block_colors)
     with pytest.raises(UserError, match="not on the table"):
@@ -264,3 +265,27 @@ def test_reused_demos_made_with_other_settings_are_refused(tmp_path):
     resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=5"]), log=lambda *a: None)
     with pytest.raises(UserError, match=r"generated with other settings: paired False \(recipe: True\).*remove it"):
         resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_paired=true"]), log=lambda *a: None)
+
+
+def test_demos_worded_otherwise_than_the_env_are_refused(tmp_path, monkeypatch):
+    from tinyvla.envs import blockfind
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.data import resolve_dataset
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml",
+                         [f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=2"])
+    with monkeypatch.context() as m:  # demos made by an older tinyvla, whose template put the colour first
+        m.setattr(blockfind, "INSTRUCTION", "pick up the {color} block")
+        resolve_dataset(recipe, log=lambda *a: None)
+    with pytest.raises(UserError, match=r"worded 'pick up the \w+ block'; this version says "
+                                        r"'pick up the block that is red': remove it"):
+        resolve_dataset(recipe, log=lambda *a: None)
+
+
+def test_the_named_colour_is_read_back_from_the_instruction():
+    from tinyvla.envs.blockfind import INSTRUCTION
+
+    assert [color_named_in(INSTRUCTION.format(color=c)) for c in COLORS] == list(COLORS)
+    assert INSTRUCTION.format(color="blue").split()[-1] == "blue"  # last word: what instruction_position=end needs
+    with pytest.raises(UserError, match="must name exactly one of"):
+        color_named_in("pick up the purple block")

@@ -37,7 +37,7 @@ def test_baselines_write_results(tmp_path, num_envs):
     assert saved["suite"] == "blockfind-reach" and saved["episodes"] == 6 and saved["complete"] is True
     assert saved["success_rate"] >= 0.9  # the scripted expert without noise
     (task,) = saved["tasks"]
-    assert task["task"] == "pick up the red block" and task["episodes"] == 6
+    assert task["task"] == "pick up the block that is red" and task["episodes"] == 6
     assert task["success_rate"] == task["successes"] / 6 == saved["success_rate"]
     p = saved["protocol"]
     assert (p["seed"], p["max_steps"], p["resolution"], p["num_envs"], p["shard"]) == (7, 40, 64, num_envs, "0/1")
@@ -377,8 +377,8 @@ def test_typer_command(tmp_path):
                               "--num-envs", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert [t["task"] for t in saved["tasks"]] == ["pick up the green block", "pick up the blue block"]
-    assert "pick up the green block" in res.output
+    assert [t["task"] for t in saved["tasks"]] == ["pick up the block that is green", "pick up the block that is blue"]
+    assert "pick up the block that is green" in res.output
     res = runner.invoke(app, ["eval", "random", "--suite", "nope", "--out", str(tmp_path)])
     assert isinstance(res.exception, UserError)
 

@@ -86,6 +86,7 @@ def test_policy_act_ensembles_over_steps(full_ft):
     (lambda c: c.pop("action_stats"), "no 'action_stats'"),
     (lambda c: c.update(dim=6), "action stats have 7 dimensions but dim is 6"),
     (lambda c: c.update(horizon=9), "system_prompt does not match"),
+    (lambda c: c.update(instruction_position="middle"), "instruction_position 'middle' is not one of"),
 ])
 def test_hand_corrupted_policy_json_is_refused(full_ft, tmp_path, corrupt, message):
     bad = tmp_path / "bad"
@@ -116,16 +117,35 @@ def test_not_a_policy_dir(tmp_path):
         Policy.from_pretrained(tmp_path / "nope", device="cpu")
 
 
-def test_instruction_order_is_saved_and_honoured(full_ft, tmp_path):
+def test_instruction_position_is_saved_and_honoured(full_ft, tmp_path):
     cfg = json.loads((full_ft / "policy.json").read_text())
-    assert cfg["instruction_first"] is False
-    flipped = tmp_path / "flipped"
-    shutil.copytree(full_ft, flipped)
-    (flipped / "policy.json").write_text(json.dumps({**cfg, "instruction_first": True}))
-    policy = Policy.from_pretrained(flipped, device="cpu")
-    assert policy.prompt.instruction_first
-    # Same weights, the instruction moved before the images: the model reads a different sequence.
-    assert not np.array_equal(chunks(full_ft), chunks(flipped))
+    assert cfg["instruction_position"] == "end"  # tiny-cpu.yaml's
+    moved = tmp_path / "moved"
+    shutil.copytree(full_ft, moved)
+    (moved / "policy.json").write_text(json.dumps({**cfg, "instruction_position": "after_images"}))
+    assert Policy.from_pretrained(moved, device="cpu").prompt.instruction_position == "after_images"
+    # Same weights, the instruction moved into the user turn: the model reads a different sequence.
+    assert not np.array_equal(chunks(full_ft), chunks(moved))
+    # A policy.json from before instruction_position existed: instruction_first says where the words were.
+    old = {k: v for k, v in cfg.items() if k != "instruction_position"}
+    for first, position in ((True, "before_images"), (False, "after_images")):
+        (moved / "policy.json").write_text(json.dumps({**old, "instruction_first": first}))
+        assert Policy.from_pretrained(moved, device="cpu").prompt.instruction_position == position
+
+
+def test_init_from_refuses_weights_trained_under_another_vocabulary(full_ft, tmp_path):
+    from tinyvla.training.trainer import build_model
+
+    other = tmp_path / "other-vocab"
+    shutil.copytree(full_ft, other)
+    file = other / "model" / "tokenizer.json"
+    tok = json.loads(file.read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = "0", "1"  # swap two ids: same size, same shapes, scrambled meaning
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    file.write_text(json.dumps(tok))
+    with pytest.raises(UserError, match="another vocabulary"):
+        build_model(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [f"model.init_from={other}"]))
 
 
 def test_init_from_starts_a_run_from_a_policys_weights(full_ft):
@@ -145,3 +165,15 @@ def test_init_from_starts_a_run_from_a_policys_weights(full_ft):
     with pytest.raises(UserError, match="do not fit this model"):
         build_model(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml",
                                 [f"model.init_from={full_ft}", "model.tiny.hidden_size=96"]))
+
+
+def test_grounding_script_reports_every_figure(full_ft, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["blockfind_grounding.py", str(full_ft), "--episodes", "2"])
+    runpy.run_path(str(ROOT / "scripts" / "blockfind_grounding.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    ratios = [float(x) for x in out.split("per layer: ")[1].splitlines()[0].split()[1::2]]
+    assert len(ratios) == 3  # embeddings + two layers of tiny-cpu.yaml's model
+    assert ratios[0] > 0  # with instruction_position=end the answer position is the colour word itself
+    assert "episodes 2: " in out and "first move to the named block: " in out and "dy " in out

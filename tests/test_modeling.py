@@ -142,21 +142,25 @@ def test_processor_prompt_matches_stock_expansion(tiny):
     assert "<|vision_start|><|image_pad|>x32<|vision_end|>pick it<|im_end|>" in shown
 
 
-@pytest.mark.parametrize("instruction_first", [False, True])
-def test_chat_text_is_the_chat_template_in_both_orders(tiny, instruction_first):
+@pytest.mark.parametrize("position", ["after_images", "before_images", "end"])
+def test_chat_text_is_the_chat_template_in_every_layout(tiny, position):
     from tinyvla.core.prompt import PromptSpec, build_messages
 
     _, _, processor = tiny
-    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_first=instruction_first)
+    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_position=position)
     messages = build_messages("pick it", 2, spec)
-    templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert templated == render_chat_text(spec.system, 2, "pick it", instruction_first=instruction_first)
+    if position == "end":  # the assistant turn is open: the model continues the instruction
+        templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    else:
+        templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert templated == render_chat_text(spec.system, 2, "pick it", instruction_position=position)
     ids = processor.build_prompt([image(64, 64, 1), image(64, 64, 2)], "pick it", spec.system,
-                                 instruction_first=instruction_first)["input_ids"]
-    word = processor.tokenizer.encode("pick", add_special_tokens=False)[0]
-    # The instruction's first token comes before (or after) every image token.
-    before = ids.index(word) < ids.index(processor.image_token_id)
-    assert before == instruction_first
+                                 instruction_position=position)["input_ids"]
+    pick, it = (processor.tokenizer.encode(w, add_special_tokens=False)[-1] for w in ("pick", " it"))
+    # The instruction's first token comes before the images only in before_images; with end, its last word is the
+    # prompt's last token: the one that predicts the first action digit.
+    assert (ids.index(pick) < ids.index(processor.image_token_id)) == (position == "before_images")
+    assert (ids[-1] == it) == (position == "end")
 
 
 def test_training_example_and_collate(tiny):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from tinyvla.core.prompt import PromptSpec, build_messages, system_prompt, tile_views, view_images
 
@@ -28,5 +29,15 @@ def test_messages_order_and_assistant_turn():
     assert msgs[2]["content"][0]["text"] == "1 2"
     assert "next 2 timesteps" in msgs[0]["content"][0]["text"]
     assert len(build_messages("x", 1, spec)) == 2
-    first = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_first=True)
+    first = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_position="before_images")
     assert [c["type"] for c in build_messages("go", 2, first)[1]["content"]] == ["text", "image", "image"]
+
+
+def test_instruction_at_the_end_opens_the_answer():
+    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_position="end")
+    msgs = build_messages("pick up the block that is red", 2, spec, action_text="1 2")
+    assert [c["type"] for c in msgs[1]["content"]] == ["image", "image"]  # no words in the user turn
+    assert msgs[2]["content"][0]["text"] == "pick up the block that is red1 2"  # the actions follow the last word
+    assert build_messages("go", 2, spec)[2]["content"][0]["text"] == "go"  # the prefix the model continues
+    with pytest.raises(ValueError, match="instruction_position must be one of"):
+        PromptSpec(instruction_position="middle")

@@ -61,6 +61,9 @@ def test_parse_override_values():
         ("", ["data.generate_blocks=5"], "data.generate_blocks must be in 2..4"),
         ("", ["data.suite=blockfind-reach", "data.generate_paired=true"], "data.generate_paired needs data.suite=blockfind"),
         ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts is a share of the layouts"),
+        ("", ["data.instruction_position=first"], "data.instruction_position: 'first' is not one of after_images, "
+                                                   "before_images, end"),
+        ("", ["data.instruction_first=true"], "no such key (did you mean 'instruction_position'?)"),
         ("model: 3\n", [], "model: expected a section"),
         ("- a\n- b\n", [], "must be a YAML mapping"),
     ],

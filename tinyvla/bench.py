@@ -250,7 +250,7 @@ def synthetic_batch(recipe, processor, batch_size: int, seed: int = 0) -> dict:
     prompt, image_spec = specs_from_recipe(recipe)
     rng = np.random.default_rng(seed)
     size = max(8, round(image_spec.image_size / image_spec.crop_scale))
-    instruction = ("pick up the red block" if recipe.data.suite in BLOCKFIND_SUITES
+    instruction = ("pick up the block that is red" if recipe.data.suite in BLOCKFIND_SUITES
                    else "pick up the black bowl between the plate and the ramekin and place it on the plate")
     a = recipe.actions
     mask_id = mask_token_id(processor, a.mask_char) if a.mask_prob > 0 else None

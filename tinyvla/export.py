@@ -32,7 +32,7 @@ def model_card(cfg: dict, results: list[dict]) -> str:
         "A vision-language model fine-tuned the VLA-0 way: it reads two camera views and an instruction and writes the "
         f"next {cfg['horizon']} x {cfg['dim']} actions as integers 0..{cfg['bins']}.", "",
         "```python", "from tinyvla import Policy", "policy = Policy.from_pretrained(\"PATH_OR_REPO\")",
-        "action = policy.act({\"image\": image, \"wrist_image\": wrist}, \"pick up the red block\")", "```", "",
+        "action = policy.act({\"image\": image, \"wrist_image\": wrist}, \"pick up the block that is red\")", "```", "",
         "## Actions", "",
         f"- horizon H = {cfg['horizon']}, dimensions D = {cfg['dim']}, bins B = {cfg['bins']}, "
         f"gripper dimension {cfg.get('gripper_dim')}",

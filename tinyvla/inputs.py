@@ -1,8 +1,9 @@
 """Input transforms: camera frames + instruction (+ action text in training) -> token ids, labels and pixels.
 
 Training and inference call the same functions, so a policy reads exactly what it was trained on. The prompt is the
-chat the processor renders (system, user = images then instruction, assistant generation prompt); in training the
-action text and the end-of-turn token follow it, and only those are supervised.
+chat the processor renders (system, user = images then instruction, assistant generation prompt; the instruction may
+sit elsewhere: `PromptSpec.instruction_position`); in training the action text and the end-of-turn token follow it,
+and only those are supervised.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, image: n
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
     """One observation -> {input_ids (list), pixel_values, image_grid_thw}, ready for `processor.collate`."""
     images = model_images(image, wrist_image, image_spec, rng)
-    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_first)
+    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position)
 
 
 def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec, sample: dict, action_text: str,

@@ -1,9 +1,9 @@
 """A policy = input transforms + model + output transforms. Anything that acts (eval, export, your robot) takes one.
 
     policy = Policy.from_pretrained("runs/tiny-cpu/final")
-    chunk = policy.predict_chunk(image, wrist_image, "pick up the red block")   # (H, D) actions
+    chunk = policy.predict_chunk(image, wrist_image, "pick up the block that is red")   # (H, D) actions
     policy.reset()
-    action = policy.act({"image": ..., "wrist_image": ...}, "pick up the red block")  # (D,), ensembled
+    action = policy.act({"image": ..., "wrist_image": ...}, "pick up the block that is red")  # (D,), ensembled
 
 Inputs: both camera frames -> crop/resize/tile -> the VLA-0 chat. Model: constrained greedy decoding, so the output is
 always exactly H x D integers in 0..B. Outputs: parse -> decode with the saved action stats -> temporal ensembling.
@@ -18,7 +18,7 @@ import numpy as np
 
 from tinyvla.core.codec import ActionCodec, ActionStats
 from tinyvla.core.ensemble import BatchEnsembler
-from tinyvla.core.prompt import PromptSpec
+from tinyvla.core.prompt import INSTRUCTION_POSITIONS, PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
 
@@ -197,7 +197,7 @@ class Policy:
             "dim": self.prompt.dim,
             "bins": self.prompt.bins,
             "system_prompt": self.prompt.system,
-            "instruction_first": self.prompt.instruction_first,
+            "instruction_position": self.prompt.instruction_position,
             "image": self.image_spec.to_dict(),
             "action_stats": self.codec.stats.to_dict(),
             "per_task_bounds": self.codec.per_task_bounds,
@@ -233,9 +233,14 @@ def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) ->
     if stats.dim != cfg["dim"]:
         raise UserError(f"policy.json: action stats have {stats.dim} dimensions but dim is {cfg['dim']}; "
                         "re-export the policy with matching stats")
+    # policies written before instruction_position existed say only whether the instruction came first
+    position = cfg.get("instruction_position",
+                       "before_images" if cfg.get("instruction_first", False) else "after_images")
+    if position not in INSTRUCTION_POSITIONS:
+        raise UserError(f"policy.json: instruction_position {position!r} is not one of "
+                        f"{', '.join(INSTRUCTION_POSITIONS)}; the file was edited by hand")
     prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
-                        tile_views=cfg["image"].get("tile_views", True),
-                        instruction_first=cfg.get("instruction_first", False))
+                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position)
     if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
         raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
     image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")

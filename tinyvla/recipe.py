@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from tinyvla.core.prompt import INSTRUCTION_POSITIONS
 from tinyvla.errors import UserError
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -64,7 +65,9 @@ class DataConfig:
     crop_scale: float = 0.875  # random crop (train) / centre crop (eval) of this fraction of the side, 256 -> 224
     color_jitter: bool = True  # brightness/contrast/saturation 0.2, hue 0.05 in training, as VLA-0
     tile_views: bool = True  # one 2-wide image (VLA-0) vs two images; tiling is slightly better and fewer tokens
-    instruction_first: bool = False  # instruction before the images (VLA-0: after) so image tokens can read it
+    # after_images (VLA-0) | before_images (image tokens can read it) | end (the answer starts at its last word:
+    # what lets a model trained from scratch use the words at all; core/prompt.py)
+    instruction_position: str = "after_images"
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
 
@@ -150,6 +153,7 @@ class Recipe:
             "train.optimizer": (self.train.optimizer, ("adamw", "adamw8bit")),
             "train.schedule": (self.train.schedule, ("constant", "cosine")),
             "eval.ensemble": (self.eval.ensemble, ("vla0", "exp", "uniform", "none")),
+            "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
         }
         if self.data.suite is not None:
             choices["data.suite"] = (self.data.suite, DATA_SUITES)

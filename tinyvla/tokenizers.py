@@ -208,7 +208,7 @@ def build_qwen_tokenizer():
     return _assemble(vocab, merges)
 
 
-def _cached_build(name: str, version: int, build, source: str):
+def _cached_build(name: str, version: int | str, build, source: str):
     """Load tokenizer `name` from the disk cache if it was built by this `version`, else build, cache and return it."""
     from transformers import PreTrainedTokenizerFast
 
@@ -251,9 +251,9 @@ def tiny_corpus() -> list[str]:
 
     texts = [SYSTEM_PROMPT_TEMPLATE]
     try:
-        from tinyvla.envs.blockfind import COLORS
+        from tinyvla.envs.blockfind import COLORS, INSTRUCTION
 
-        texts += [f"pick up the {c} block" for c in COLORS]
+        texts += [INSTRUCTION.format(color=c) for c in COLORS]
     except ImportError:  # pragma: no cover - BlockFind ships with the package
         pass
     tasks = Path(__file__).parent / "data" / "libero_tasks.json"
@@ -307,8 +307,15 @@ _TINY_BUILD_VERSION = 2
 
 
 def tiny_tokenizer():
-    """The tiny models' tokenizer (see `build_tiny_tokenizer`): ~630 tokens, built once, then loaded from the cache."""
-    return _cached_build("tiny", _TINY_BUILD_VERSION, build_tiny_tokenizer, "qwen.tiktoken pruned to tiny_corpus()")
+    """The tiny models' tokenizer (see `build_tiny_tokenizer`): ~630 tokens, built once, then loaded from the cache.
+
+    The cache key includes a digest of `tiny_corpus()`, so new instruction words rebuild it rather than falling back
+    to sub-word pieces of a stale vocabulary."""
+    import hashlib
+
+    corpus = hashlib.sha256("\n".join(tiny_corpus()).encode()).hexdigest()[:16]
+    return _cached_build("tiny", f"{_TINY_BUILD_VERSION}-{corpus}", build_tiny_tokenizer,
+                         "qwen.tiktoken pruned to tiny_corpus()")
 
 
 def load_tokenizer(name_or_path: str):

@@ -121,7 +121,7 @@ def inspect_tokens(
     report = {
         "model": ref.name, "tokenizer": type(tok).__name__, "vocab_size": len(tok),
         "horizon": prompt.horizon, "dim": prompt.dim, "bins": prompt.bins, "tile_views": prompt.tile_views,
-        "instruction_first": prompt.instruction_first,
+        "instruction_position": prompt.instruction_position,
         "image_size": side, "system_prompt": prompt.system, "instruction": instruction,
         "prompt_text": processor.render_prompt_text(prompt_ids),
         "action_text": action_text,

@@ -1,8 +1,9 @@
 """What the model reads: the VLA-0 system prompt, the chat messages, and how the two camera views are laid out.
 
 The model sees one chat: a system turn with the prompt below (H, D, B filled in), a user turn with the image(s) then the
-task instruction (or the instruction first, a recipe option), and — in training — an assistant turn holding the action text. Nothing else: no robot state, no
-history (VLA-0 found neither helps on LIBERO).
+task instruction, and an assistant turn holding the action text (in training; at inference the model writes it).
+Nothing else: no robot state, no history (VLA-0 found neither helps on LIBERO). Where the instruction sits is a
+recorded setting (INSTRUCTION_POSITIONS); VLA-0's place is the default.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ SYSTEM_PROMPT_TEMPLATE = (
 )
 
 
+# Where the instruction goes. With causal attention a token reads only what comes before it, and the token that predicts
+# the first action digit reads everything, but only through attention a model has to learn:
+#   after_images   user turn = images, instruction (VLA-0; what a pretrained VLM expects)
+#   before_images  user turn = instruction, images: every image token can condition on the words (a prefix-LM VLA such
+#                  as PaliGemma's gets this for free)
+#   end            user turn = images; the instruction opens the assistant turn and the action integers follow its last
+#                  word directly, so the first action digit is predicted AT the instruction's last token. A model
+#                  trained from scratch needs no attention to carry that word to the answer — the step that a tiny
+#                  model never learned in the VLA-0 layout (BENCHMARKS.md, named colours).
+INSTRUCTION_POSITIONS = ("after_images", "before_images", "end")
+
+
 def system_prompt(horizon: int, dim: int, bins: int) -> str:
     return SYSTEM_PROMPT_TEMPLATE.format(H=horizon, D=dim, N=horizon * dim, B=bins)
 
@@ -31,9 +44,12 @@ class PromptSpec:
     dim: int = 7
     bins: int = 1000
     tile_views: bool = True  # one side-by-side image (VLA-0 default) or two separate images
-    # Instruction before the images (VLA-0: after). With causal attention only tokens after the instruction can read
-    # it; put first, every image token can condition on it (what a prefix-LM VLA such as PaliGemma's gets for free).
-    instruction_first: bool = False
+    instruction_position: str = "after_images"  # one of INSTRUCTION_POSITIONS
+
+    def __post_init__(self):
+        if self.instruction_position not in INSTRUCTION_POSITIONS:
+            raise ValueError(f"instruction_position must be one of {', '.join(INSTRUCTION_POSITIONS)}, "
+                             f"got {self.instruction_position!r}")
 
     @property
     def system(self) -> str:
@@ -57,14 +73,20 @@ def view_images(image: np.ndarray, wrist_image: np.ndarray, tile: bool) -> list[
 
 
 def build_messages(instruction: str, num_images: int, spec: PromptSpec, action_text: str | None = None) -> list[dict]:
-    """Chat messages in the Hugging Face multimodal format; images are placeholders filled by the processor."""
+    """Chat messages in the Hugging Face multimodal format; images are placeholders filled by the processor.
+
+    With `instruction_position="end"` the last message is an assistant turn that starts with the instruction (render it
+    with `continue_final_message=True` when there is no action text yet).
+    """
     images = [{"type": "image"} for _ in range(num_images)]
     text = [{"type": "text", "text": instruction}]
-    user = text + images if spec.instruction_first else images + text
+    position = spec.instruction_position
+    user = text + images if position == "before_images" else images if position == "end" else images + text
     messages = [
         {"role": "system", "content": [{"type": "text", "text": spec.system}]},
         {"role": "user", "content": user},
     ]
-    if action_text is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": action_text}]})
+    answer = (instruction if position == "end" else "") + (action_text or "")
+    if answer:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages

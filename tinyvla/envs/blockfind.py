@@ -62,7 +62,17 @@ HOME_CENTERS = {"red": (0.25, 0.75), "green": (0.75, 0.75), "blue": (0.25, 0.25)
 HOME_JITTER = 0.1
 
 DEFAULT_MAX_STEPS = 40  # the expert needs at most ~9 moves + 1 grasp; room for noise and for a learner's detours
-INSTRUCTION = "pick up the {color} block"  # one template for both levels
+# One template for both levels. The colour is the LAST word on purpose: with the recipe option
+# data.instruction_position=end the first action digit is predicted at this word (core/prompt.py).
+INSTRUCTION = "pick up the block that is {color}"
+
+
+def color_named_in(instruction: str) -> str:
+    """The colour an instruction names ("pick up the block that is red" -> "red")."""
+    named = [w for w in instruction.split() if w in COLORS]
+    if len(named) != 1:
+        raise UserError(f"BlockFind instruction {instruction!r} must name exactly one of {', '.join(COLORS)}")
+    return named[0]
 
 SUITES = {
     "blockfind-reach": "BlockFind, fixed target: always pick up the red block; distractor blocks of other colours.",

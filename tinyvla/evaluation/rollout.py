@@ -215,9 +215,11 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
                 out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=seed, reset_options={"init_state_index": e},
                                        policy_seed=pseed, init_state_index=e))
             else:
+                from tinyvla.envs import blockfind
+
                 options = None
                 if setup.suite == "blockfind":
-                    options = {"target_color": setup.tasks[t].split()[3]}  # "pick up the {color} block"
+                    options = {"target_color": blockfind.color_named_in(setup.tasks[t])}
                 out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=pseed, reset_options=options,
                                        policy_seed=pseed, seed=pseed))
     return out

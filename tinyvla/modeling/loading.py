@@ -209,6 +209,19 @@ def load_weights_from_policy(model, path: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def check_same_tokenizer(tokenizer, path: str | Path) -> None:
+    """Weights from `model.init_from` mean something only under the vocabulary they were trained with: a tokenizer
+    whose ids differ (e.g. a tiny vocabulary rebuilt for new instruction words) would silently scramble embeddings."""
+    from tokenizers import Tokenizer
+
+    file = find_init_policy(path) / "model" / "tokenizer.json"
+    if not file.is_file():  # an older policy layout: nothing to compare with
+        return
+    if Tokenizer.from_file(str(file)).get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"model.init_from {path}: it was trained with another vocabulary than this run's tokenizer; "
+                        "retrain that stage with this tinyvla version (or set model.tokenizer to its directory)")
+
+
 def _is_tied(model, key: str) -> bool:
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None

@@ -34,12 +34,17 @@ IGNORE_INDEX = -100
 
 
 def render_chat_text(system: str, num_images: int, instruction: str, action_text: str | None = None,
-                     instruction_first: bool = False) -> str:
+                     instruction_position: str = "after_images") -> str:
     """The chat as text, one `<|image_pad|>` per image; equals `tokenizer.apply_chat_template` with Qwen's template
-    (for the message order of `build_messages`)."""
+    for the messages of `build_messages` (core/prompt.py says where the instruction goes and why)."""
     images = "<|vision_start|><|image_pad|><|vision_end|>" * num_images
-    user = instruction + images if instruction_first else images + instruction
-    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    user = {"after_images": images + instruction, "before_images": instruction + images, "end": images}
+    if instruction_position not in user:
+        raise ValueError(f"instruction_position must be one of {', '.join(user)}, got {instruction_position!r}")
+    text = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user[instruction_position]}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    if instruction_position == "end":  # the answer follows the instruction's last word, no separator
+        text += instruction
     if action_text is not None:
         text += f"{action_text}<|im_end|>\n"
     return text
@@ -116,12 +121,12 @@ class VLAProcessor:
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"].long()}
 
     # ---------------------------------------------------------------------------------------------- prompts
-    def build_prompt(self, images: list, instruction: str, system: str, instruction_first: bool = False) -> dict:
+    def build_prompt(self, images: list, instruction: str, system: str, instruction_position: str = "after_images") -> dict:
         """Token ids of the chat up to the assistant generation prompt, plus the images' patches and grids."""
         if not images:
             raise ValueError("a VLA prompt needs at least one image")
         vision = self.process_images(images)
-        text = render_chat_text(system, len(images), instruction, instruction_first=instruction_first)
+        text = render_chat_text(system, len(images), instruction, instruction_position=instruction_position)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         counts = (vision["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
         expanded, k = [], 0
@@ -136,12 +141,12 @@ class VLAProcessor:
         return {"input_ids": expanded, **vision}
 
     def build_training_example(self, images: list, instruction: str, system: str, action_text: str,
-                               instruction_first: bool = False) -> dict:
+                               instruction_position: str = "after_images") -> dict:
         """Prompt + action text + end of turn, with labels only on the answer.
 
         `action_span` = (start, end) token positions of the action text, for masked action augmentation.
         """
-        prompt = self.build_prompt(images, instruction, system, instruction_first)
+        prompt = self.build_prompt(images, instruction, system, instruction_position)
         action = self.encode_action_text(action_text)
         ids = prompt["input_ids"] + action + self.end_of_turn_ids
         labels = [IGNORE_INDEX] * len(prompt["input_ids"]) + action + self.end_of_turn_ids

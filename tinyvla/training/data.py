@@ -50,7 +50,24 @@ def resolve_dataset(recipe: Recipe, log=print):
         from tinyvla.data.libero_tasks import suite_tasks
 
         tasks = suite_tasks(cfg.suite)
-    return open_dataset(repo, image_key=cfg.image_key, wrist_key=cfg.wrist_key, action_key=cfg.action_key, tasks=tasks)
+    reader = open_dataset(repo, image_key=cfg.image_key, wrist_key=cfg.wrist_key, action_key=cfg.action_key,
+                          tasks=tasks)
+    if cfg.suite in BLOCKFIND_SUITES:
+        _check_blockfind_wording(reader, repo)
+    return reader
+
+
+def _check_blockfind_wording(reader, repo: str) -> None:
+    """Demos whose instructions the evaluation will never say (an older wording) would train a policy on words it
+    is not asked in: refuse them."""
+    from tinyvla.envs.blockfind import COLORS, INSTRUCTION
+
+    spoken = {INSTRUCTION.format(color=c) for c in COLORS}
+    other = sorted({str(t) for t in np.unique(reader.frame_task())} - spoken)
+    if other:
+        raise UserError(f"{repo} holds BlockFind demos worded {other[0]!r}; this version says "
+                        f"{INSTRUCTION.format(color='red')!r}: remove it to regenerate, or set data.repo to a new "
+                        "directory")
 
 
 def _check_generated_data_fits(cfg) -> None:

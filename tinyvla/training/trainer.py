@@ -77,7 +77,7 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_first=d.instruction_first),
+                       instruction_position=d.instruction_position),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
                       tile_views=d.tile_views))
 
@@ -91,8 +91,9 @@ def build_model(recipe: Recipe, training: bool = True):
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer)
     if m.init_from:
-        from tinyvla.modeling.loading import load_weights_from_policy
+        from tinyvla.modeling.loading import check_same_tokenizer, load_weights_from_policy
 
+        check_same_tokenizer(processor.tokenizer, m.init_from)  # first: a new vocabulary also changes the shapes
         load_weights_from_policy(model, m.init_from)
     if m.freeze_vision:
         freeze_vision(model)
