@@ -289,3 +289,37 @@ def test_the_named_colour_is_read_back_from_the_instruction():
     assert INSTRUCTION.format(color="blue").split()[-1] == "blue"  # last word: what instruction_position=end needs
     with pytest.raises(UserError, match="must name exactly one of"):
         color_named_in("pick up the purple block")
+
+
+def test_x_first_expert_aligns_x_before_moving_along_y(tmp_path):
+    eps = list(generate_episodes("blockfind", episodes=20, seed=4, image_size=16, path="x_first"))
+    assert all(e["success"] for e in eps)
+    moves = np.concatenate([e["actions"][:, :2] for e in eps])
+    both = np.mean((moves[:, 0] != 0) & (moves[:, 1] != 0))
+    assert both < 0.1  # only the expert's random recovery moves (noise 0.1) touch both axes
+    diagonal = np.concatenate([e["actions"][:, :2] for e in generate_episodes("blockfind", 20, 4, image_size=16)])
+    assert np.mean((diagonal[:, 0] != 0) & (diagonal[:, 1] != 0)) > 0.3
+    with pytest.raises(UserError, match="unknown expert path 'zigzag'"):
+        list(generate_episodes("blockfind", 1, 0, image_size=16, path="zigzag"))
+
+
+def test_demos_of_another_expert_path_are_refused(tmp_path):
+    import json
+
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.data import resolve_dataset
+
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml"
+    repo = f"data.repo={tmp_path / 'bf'}"
+    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=2", "data.generate_path=diagonal"]),
+                    log=lambda *a: None)
+    settings = tmp_path / "bf" / "meta" / "blockfind_generation.json"
+    assert json.loads(settings.read_text())["path"] == "diagonal"
+    with pytest.raises(UserError, match=r"path 'diagonal' \(recipe: 'x_first'\)"):
+        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=x_first"]), log=lambda *a: None)
+    # a settings file from before the path was recorded: those demos were diagonal
+    old = {k: v for k, v in json.loads(settings.read_text()).items() if k != "path"}
+    settings.write_text(json.dumps(old))
+    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=diagonal"]), log=lambda *a: None)
+    with pytest.raises(UserError, match="path"):
+        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=x_first"]), log=lambda *a: None)

@@ -127,6 +127,10 @@ def test_generate_writes_a_dataset_stats_can_read(tmp_path):
     summary = json.loads(res.output)
     assert summary["episodes"] == 2 and summary["codebase_version"] == "v2.0"
     assert summary["features"]["image"]["shape"] == [16, 16, 3]
+    res = runner.invoke(app, ["generate", "blockfind", "--episodes", "2", "--out", str(tmp_path / "x"),
+                              "--image-size", "16", "--path", "x_first"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "x" / "meta" / "blockfind_generation.json").read_text())["path"] == "x_first"
 
 
 def test_helpers():

@@ -64,6 +64,7 @@ def test_parse_override_values():
         ("", ["data.instruction_position=first"], "data.instruction_position: 'first' is not one of after_images, "
                                                    "before_images, end"),
         ("", ["data.instruction_first=true"], "no such key (did you mean 'instruction_position'?)"),
+        ("", ["data.generate_path=zigzag"], "data.generate_path: 'zigzag' is not one of diagonal, x_first"),
         ("model: 3\n", [], "model: expected a section"),
         ("- a\n- b\n", [], "must be a YAML mapping"),
     ],

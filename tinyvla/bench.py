@@ -372,9 +372,7 @@ def recipe_frames(recipe) -> tuple[int, str]:
 
         n_eps = d.generate_episodes
         lengths = [len(e["actions"]) for e in generate_episodes(d.suite, n_eps, d.generate_seed, image_size=16,
-                                                                     n_blocks=d.generate_blocks,
-                                                                     paired=d.generate_paired,
-                                                                     home_layouts=d.generate_home_layouts)]
+                                                                     **d.blockfind_generation())]
         held = min(d.val_episodes, max(0, n_eps - 1))
         mean = sum(lengths) / max(len(lengths), 1)
         return int(sum(lengths) - held * mean), f"{n_eps} {d.suite} expert episodes (to be generated)"

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS
+from tinyvla.envs.blockfind import EXPERT_PATHS
 from tinyvla.errors import UserError
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -58,6 +59,7 @@ class DataConfig:
     generate_blocks: int = 3  # blockfind only: blocks per demo scene (evaluation uses 3); more = fewer "nearest" wins
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
+    generate_path: str = "diagonal"  # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -70,6 +72,11 @@ class DataConfig:
     instruction_position: str = "after_images"
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
+
+    def blockfind_generation(self) -> dict:
+        """The kind of BlockFind demos to generate (keyword arguments of generate_episodes / generate_dataset)."""
+        return {"n_blocks": self.generate_blocks, "paired": self.generate_paired,
+                "home_layouts": self.generate_home_layouts, "path": self.generate_path}
 
 
 @dataclass
@@ -154,6 +161,7 @@ class Recipe:
             "train.schedule": (self.train.schedule, ("constant", "cosine")),
             "eval.ensemble": (self.eval.ensemble, ("vla0", "exp", "uniform", "none")),
             "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
+            "data.generate_path": (self.data.generate_path, EXPERT_PATHS),
         }
         if self.data.suite is not None:
             choices["data.suite"] = (self.data.suite, DATA_SUITES)

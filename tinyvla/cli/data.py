@@ -159,10 +159,12 @@ def generate(
     home_layouts: float = typer.Option(0.0, "--home-layouts", min=0.0, max=1.0,
                                        help="blockfind: share of layouts with each colour in its own quadrant "
                                             "(a curriculum: the colour word alone points the way there)."),
+    path: str = typer.Option("diagonal", "--path", help="How the expert moves: diagonal (both axes at once) or "
+                                                        "x_first (align x, then y)."),
 ):
     """Write BlockFind expert demonstrations as a LeRobot v2.0 dataset (the physical-intelligence/libero layout)."""
     from tinyvla.envs.blockfind import generate_dataset  # lazy: keeps `tinyvla --help` fast
 
-    path = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks, paired=paired,
-                            home_layouts=home_layouts)
-    typer.echo(f"wrote {path}")
+    written = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks,
+                               paired=paired, home_layouts=home_layouts, path=path)
+    typer.echo(f"wrote {written}")

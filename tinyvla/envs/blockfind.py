@@ -288,14 +288,21 @@ def _sample_separated(rng, n, lo_hi, min_dist, tries=1000) -> np.ndarray:
 # policies
 
 
+# How the expert travels to the block: both axes at once, or along x until aligned and only then along y. With x first,
+# the choice of block is made by dx — the first integer of the answer, predicted at the instruction's last word under
+# instruction_position=end — while dy only has to finish the move to the block in the gripper's column.
+EXPERT_PATHS = ("diagonal", "x_first")
+
+
 def expert_action(env: BlockFindEnv, rng: np.random.Generator, noise: float = 0.1, color: str | None = None,
-                  step: float = 1.0) -> np.ndarray:
+                  step: float = 1.0, path: str = "diagonal") -> np.ndarray:
     """Scripted noisy expert with coarse actions (FACTS §6: a tiny model learns these far better than continuous ones).
 
     Each movement axis is -step, 0 or +step (ints 0 / 500 / 1000 after min/max scaling): move towards the block of
-    `color` (default: the instruction's target) until both axis offsets are within half a move, then close the gripper.
-    With probability `noise` the step is instead a random coarse move with the gripper open, so the demonstrations
-    show how to recover from being pushed off course. dz and the rotations are always 0.
+    `color` (default: the instruction's target) until both axis offsets are within half a move, then close the gripper;
+    `path` says whether both axes move together or x first (EXPERT_PATHS). With probability `noise` the step is
+    instead a random coarse move with the gripper open, so the demonstrations show how to recover from being pushed
+    off course. dz and the rotations are always 0.
     """
     color = color or env.target_color
     if color not in env.block_colors:  # e.g. a colour-blind policy whose colour is absent: go to the nearest block
@@ -310,6 +317,8 @@ def expert_action(env: BlockFindEnv, rng: np.random.Generator, noise: float = 0.
     d = env.block_pos[i] - env.gripper_pos
     dead = step * MOVE_SCALE / 2  # within half a move: moving again would overshoot
     a[:2] = np.where(np.abs(d) > dead, np.sign(d) * step, 0.0)
+    if path == "x_first" and a[0]:
+        a[1] = 0.0  # y waits until x is aligned
     a[6] = 1.0 if not np.any(a[:2]) else -1.0
     return a
 
@@ -340,7 +349,7 @@ def run_policy(env_factory: Callable[[], BlockFindEnv], policy_fn: Callable, epi
 
 def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64, only_success: bool = True,
                       noise: float = 0.1, max_steps: int = DEFAULT_MAX_STEPS, n_blocks: int = 3,
-                      paired: bool = False, home_layouts: float = 0.0) -> Iterator[dict]:
+                      paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal") -> Iterator[dict]:
     """Yield `episodes` expert rollouts (only successful ones unless only_success=False), deterministic in `seed`.
 
     paired=True (the `blockfind` level only) demonstrates every block of a layout in turn from the same gripper start:
@@ -353,6 +362,8 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
     only, the word helps only jointly with the image, and a small model from scratch or from the reach policy never
     starts reading it (its hidden state at the answer does not change with the word).
 
+    path="x_first" makes the expert align x before moving along y (`expert_action`).
+
     Each dict: task (str), image / wrist_image uint8 (T, S, S, 3), state float32 (T, 8), actions float32 (T, 7),
     success (bool). Frame t holds the observation the expert saw and the action it took there; the last frame's
     action is the grasp.
@@ -363,6 +374,8 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
         raise UserError(f"paired demonstrations and home layouts need the named-colour 'blockfind' suite, not {suite!r}")
     if not 0.0 <= home_layouts <= 1.0:
         raise UserError(f"home_layouts is a share of the layouts, in [0, 1]; got {home_layouts}")
+    if path not in EXPERT_PATHS:
+        raise UserError(f"unknown expert path {path!r}; valid: {', '.join(EXPERT_PATHS)}")
     env = make_env(suite, image_size=image_size, max_steps=max_steps, n_blocks=n_blocks)
     master = np.random.default_rng(seed)
     made, attempts, siblings = 0, 0, []
@@ -382,7 +395,7 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
                 siblings = [(layout_seed, home, c) for c in reversed(env.block_colors) if c != env.target_color]
         frames = {"image": [], "wrist_image": [], "state": [], "actions": []}
         while True:
-            a = expert_action(env, master, noise=noise)
+            a = expert_action(env, master, noise=noise, path=path)
             for k in ("image", "wrist_image", "state"):
                 frames[k].append(obs[k])
             frames["actions"].append(a)
@@ -403,13 +416,13 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
 
 
 def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10,
-                     n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0):
+                     n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal"):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
-    settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts)
+    settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
-                            home_layouts=home_layouts)
+                            home_layouts=home_layouts, path=path)
     # The settings go into meta/ with the data, so a later run can tell whether the demos still fit its recipe.
     return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind",
                             extra_meta={Path(GENERATION_FILE).name: settings})
@@ -419,10 +432,10 @@ GENERATION_FILE = "meta/blockfind_generation.json"  # relative to the dataset ro
 
 
 def generation_settings(suite: str, episodes: int, seed: int = 0, image_size: int = 64, n_blocks: int = 3,
-                        paired: bool = False, home_layouts: float = 0.0) -> dict:
+                        paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal") -> dict:
     """What a generated BlockFind dataset was made with (written beside it, compared when a recipe reuses it)."""
     return {"suite": suite, "episodes": int(episodes), "seed": int(seed), "image_size": int(image_size),
-            "n_blocks": int(n_blocks), "paired": bool(paired), "home_layouts": float(home_layouts)}
+            "n_blocks": int(n_blocks), "paired": bool(paired), "home_layouts": float(home_layouts), "path": path}
 
 
 def time_render(image_size: int = 64, n: int = 2000) -> float:

@@ -40,9 +40,7 @@ def resolve_dataset(recipe: Recipe, log=print):
         from tinyvla.envs.blockfind import generate_dataset
 
         log(f"generating {cfg.generate_episodes} {cfg.suite} expert episodes into {repo} (first run only)")
-        generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed,
-                         n_blocks=cfg.generate_blocks, paired=cfg.generate_paired,
-                         home_layouts=cfg.generate_home_layouts)
+        generate_dataset(cfg.suite, cfg.generate_episodes, repo, seed=cfg.generate_seed, **cfg.blockfind_generation())
     elif cfg.suite in BLOCKFIND_SUITES:
         _check_generated_data_fits(cfg)
     tasks = None
@@ -80,11 +78,10 @@ def _check_generated_data_fits(cfg) -> None:
     made = Path(cfg.repo) / GENERATION_FILE
     if not made.is_file():  # written by hand, by `data generate` of an older tinyvla, or not BlockFind's generator
         return
-    wanted = generation_settings(cfg.suite, cfg.generate_episodes, cfg.generate_seed, n_blocks=cfg.generate_blocks,
-                                 paired=cfg.generate_paired, home_layouts=cfg.generate_home_layouts)
-    have = json.loads(made.read_text())
+    wanted = generation_settings(cfg.suite, cfg.generate_episodes, cfg.generate_seed, **cfg.blockfind_generation())
+    have = {"path": "diagonal", **json.loads(made.read_text())}  # the only path before `path` was recorded
     # the kind of demos, not how many: a dataset made with `tinyvla data generate --episodes N` is the user's choice
-    differ = [k for k in ("suite", "n_blocks", "paired", "home_layouts") if have.get(k) != wanted[k]]
+    differ = [k for k in ("suite", "n_blocks", "paired", "home_layouts", "path") if have.get(k) != wanted[k]]
     if differ:
         diff = ", ".join(f"{k} {have.get(k)!r} (recipe: {wanted[k]!r})" for k in differ)
         raise UserError(f"{cfg.repo} was generated with other settings: {diff}; remove it or set data.repo to a "
