@@ -374,7 +374,7 @@ def test_typer_command(tmp_path):
     app.command("noop")(lambda: None)  # two commands: `eval` stays a named sub-command, as in tinyvla's app
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "expert", "--suite", "blockfind", "--episodes-per-task", "1", "--tasks", "1-2",
-                              "--num-envs", "2", "--out", str(tmp_path)])
+                              "--num-envs", "2", "--out", str(tmp_path)], env={"COLUMNS": "160"})  # no wrapped rows
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [t["task"] for t in saved["tasks"]] == ["pick up the block that is green", "pick up the block that is blue"]
