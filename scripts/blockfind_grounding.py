@@ -14,8 +14,10 @@ gets the model out of (BENCHMARKS.md). With `instruction_position: end` that pos
 is large by construction; what matters is whether it survives to the last layer.
 
 Per axis: how often the sign of the first move's dx (dy) agrees with the named block's offset, against how often it
-agrees with the other blocks' (offsets under 0.1 skipped). Equal rates = that axis ignores the word; with the
-instruction at the end dx (predicted at the colour word) grounds first, dy (four tokens later) after.
+agrees with the other blocks' (offsets under 0.1 and axes the move leaves at 0 skipped). Equal rates = that axis
+ignores the word. With the instruction at the end, dx (predicted at the colour word) reads it and dy (four tokens
+later) did not; a policy trained on the x-first expert moves along x only at first, so read its dx figure (its
+"first move" cosine then points at whichever block lies most along x).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def main() -> None:
         move = policy.predict_chunk(obs["image"], obs["wrist_image"], env.instruction)[0, :2]
         cosines = offsets @ move / (np.linalg.norm(offsets, axis=1) * np.linalg.norm(move) + 1e-9)
         first_to_target += int(np.argmax(cosines) == target)
-        far = np.abs(offsets) >= 0.1
+        far = (np.abs(offsets) >= 0.1) & (move != 0)  # an axis the policy does not move yet says nothing
         for b in range(len(offsets)):
             kind = 0 if b == target else 1
             agree[kind] += far[b] * (np.sign(move) == np.sign(offsets[b]))
@@ -68,9 +70,9 @@ def main() -> None:
     print("hidden state at the answer, variance from the word / from the image, per layer: "
           + "  ".join(f"{i}: {r:.3f}" for i, r in enumerate(word_vs_image)))
     print(f"episodes {n}: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    rate = agree / np.maximum(counted, 1)
-    print(f"first move's sign agrees with the named block: dx {rate[0, 0]:.0%} dy {rate[0, 1]:.0%}; "
-          f"with the other blocks: dx {rate[1, 0]:.0%} dy {rate[1, 1]:.0%}")
+    rate = [[f"{a / c:.0%}" if c else "n/a" for a, c in zip(agree[k], counted[k])] for k in range(2)]
+    print(f"first move's sign agrees with the named block: dx {rate[0][0]} dy {rate[0][1]}; "
+          f"with the other blocks: dx {rate[1][0]} dy {rate[1][1]}")
     print(f"first move to the named block: {first_to_target}/{n} ({first_to_target / n:.0%}; ignoring the word: ~33%)")
 
 
