@@ -163,6 +163,15 @@ def test_chat_text_is_the_chat_template_in_every_layout(tiny, position):
     assert (ids[-1] == it) == (position == "end")
 
 
+def test_instruction_at_the_end_is_read_not_supervised(tiny):
+    _, _, processor = tiny
+    ex = processor.build_training_example([image(64, 64, 1)], "pick it", SYSTEM, "12 0", instruction_position="end")
+    start, end = ex["action_span"]
+    it = processor.tokenizer.encode(" it", add_special_tokens=False)[-1]
+    assert ex["input_ids"][start - 1] == it  # the first action digit is predicted at the instruction's last word
+    assert ex["labels"][:start] == [-100] * start and processor.decode(ex["input_ids"][start:end]) == "12 0"
+
+
 def test_training_example_and_collate(tiny):
     _, _, processor = tiny
     ex = processor.build_training_example([image(64, 64, 1)], "go", SYSTEM, "12 0")

@@ -205,6 +205,8 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
     n_init = setup.init_states_per_task
     if n_init is not None and episodes_per_task > n_init:
         raise UserError(f"{setup.suite} stores {n_init} init states per task; --episodes-per-task must be <= {n_init}")
+    from tinyvla.envs import blockfind  # numpy only: cheap to import even for a LIBERO suite
+
     seed = setup.protocol["seed"]
     out = []
     for t in task_ids:
@@ -215,8 +217,6 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
                 out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=seed, reset_options={"init_state_index": e},
                                        policy_seed=pseed, init_state_index=e))
             else:
-                from tinyvla.envs import blockfind
-
                 options = None
                 if setup.suite == "blockfind":
                     options = {"target_color": blockfind.color_named_in(setup.tasks[t])}

@@ -121,7 +121,8 @@ class VLAProcessor:
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"].long()}
 
     # ---------------------------------------------------------------------------------------------- prompts
-    def build_prompt(self, images: list, instruction: str, system: str, instruction_position: str = "after_images") -> dict:
+    def build_prompt(self, images: list, instruction: str, system: str,
+                     instruction_position: str = "after_images") -> dict:
         """Token ids of the chat up to the assistant generation prompt, plus the images' patches and grids."""
         if not images:
             raise ValueError("a VLA prompt needs at least one image")
