@@ -18,6 +18,8 @@ from tinyvla.envs.blockfind import (
 )
 from tinyvla.errors import UserError
 
+NAMED_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-cpu-blockfind.yaml"
+
 
 def _expert(env, obs, rng):
     return expert_action(env, rng)
@@ -243,7 +245,7 @@ def test_a_recipe_generates_paired_demos_when_asked(tmp_path):
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml", [
+    recipe = load_recipe(NAMED_RECIPE, [
         f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=4", "data.generate_paired=true",
         "data.generate_blocks=2"])
     reader = resolve_dataset(recipe, log=lambda *a: None)
@@ -258,13 +260,12 @@ def test_reused_demos_made_with_other_settings_are_refused(tmp_path):
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    recipe_path = Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml"
     repo = f"data.repo={tmp_path / 'bf'}"
-    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=2"]), log=lambda *a: None)
+    resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_episodes=2"]), log=lambda *a: None)
     # the same kind of demos, another count: reused as they are
-    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=5"]), log=lambda *a: None)
+    resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_episodes=5"]), log=lambda *a: None)
     with pytest.raises(UserError, match=r"generated with other settings: paired False \(recipe: True\).*remove it"):
-        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_paired=true"]), log=lambda *a: None)
+        resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_paired=true"]), log=lambda *a: None)
 
 
 def test_demos_worded_otherwise_than_the_env_are_refused(tmp_path, monkeypatch):
@@ -272,8 +273,7 @@ def test_demos_worded_otherwise_than_the_env_are_refused(tmp_path, monkeypatch):
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml",
-                         [f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=2"])
+    recipe = load_recipe(NAMED_RECIPE, [f"data.repo={tmp_path / 'bf'}", "data.generate_episodes=2"])
     with monkeypatch.context() as m:  # demos made by an older tinyvla, whose template put the colour first
         m.setattr(blockfind, "INSTRUCTION", "pick up the {color} block")
         resolve_dataset(recipe, log=lambda *a: None)
@@ -309,17 +309,16 @@ def test_demos_of_another_expert_path_are_refused(tmp_path):
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    recipe_path = Path(__file__).resolve().parents[1] / "recipes/tiny-cpu-blockfind.yaml"
     repo = f"data.repo={tmp_path / 'bf'}"
-    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_episodes=2", "data.generate_path=diagonal"]),
+    resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_episodes=2", "data.generate_path=diagonal"]),
                     log=lambda *a: None)
     settings = tmp_path / "bf" / "meta" / "blockfind_generation.json"
     assert json.loads(settings.read_text())["path"] == "diagonal"
     with pytest.raises(UserError, match=r"path 'diagonal' \(recipe: 'x_first'\)"):
-        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=x_first"]), log=lambda *a: None)
+        resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_path=x_first"]), log=lambda *a: None)
     # a settings file from before the path was recorded: those demos were diagonal
     old = {k: v for k, v in json.loads(settings.read_text()).items() if k != "path"}
     settings.write_text(json.dumps(old))
-    resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=diagonal"]), log=lambda *a: None)
+    resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_path=diagonal"]), log=lambda *a: None)
     with pytest.raises(UserError, match="path"):
-        resolve_dataset(load_recipe(recipe_path, [repo, "data.generate_path=x_first"]), log=lambda *a: None)
+        resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_path=x_first"]), log=lambda *a: None)

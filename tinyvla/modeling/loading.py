@@ -187,12 +187,23 @@ def find_init_policy(path: str | Path) -> Path:
     return root
 
 
-def load_weights_from_policy(model, path: str | Path) -> None:
+def load_weights_from_policy(model, path: str | Path, tokenizer=None) -> None:
     """Copy a tinyvla policy directory's weights into `model` (same architecture): the next stage of a curriculum, or
-    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe."""
+    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe.
+
+    With `tokenizer` (the run's), the policy's saved vocabulary must equal it: weights mean something only under the
+    ids they were trained with, and a rebuilt vocabulary (e.g. new instruction words) would silently scramble the
+    embeddings. Checked first, since a new vocabulary usually changes the shapes too."""
     from safetensors.torch import load_file
+    from tokenizers import Tokenizer
 
     root = find_init_policy(path)
+    vocab_file = root / "model" / "tokenizer.json"
+    if tokenizer is not None and vocab_file.is_file():  # older policy layouts have nothing to compare with
+        if Tokenizer.from_file(str(vocab_file)).get_vocab() != tokenizer.get_vocab():
+            raise UserError(f"model.init_from {path}: it was trained with another vocabulary than this run's "
+                            "tokenizer; retrain that stage with this tinyvla version (or set model.tokenizer to its "
+                            "directory)")
     state = {}
     for file in sorted((root / "model").glob("*.safetensors")):
         state.update(load_file(str(file)))
@@ -207,19 +218,6 @@ def load_weights_from_policy(model, path: str | Path) -> None:
                         f"{len(missing)} missing, {len(unexpected)} unexpected; e.g. {first}); use the same "
                         "model.name and model.tiny sizes as the run that wrote it")
     model.load_state_dict(state, strict=False)
-
-
-def check_same_tokenizer(tokenizer, path: str | Path) -> None:
-    """Weights from `model.init_from` mean something only under the vocabulary they were trained with: a tokenizer
-    whose ids differ (e.g. a tiny vocabulary rebuilt for new instruction words) would silently scramble embeddings."""
-    from tokenizers import Tokenizer
-
-    file = find_init_policy(path) / "model" / "tokenizer.json"
-    if not file.is_file():  # an older policy layout: nothing to compare with
-        return
-    if Tokenizer.from_file(str(file)).get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"model.init_from {path}: it was trained with another vocabulary than this run's tokenizer; "
-                        "retrain that stage with this tinyvla version (or set model.tokenizer to its directory)")
 
 
 def _is_tied(model, key: str) -> bool:

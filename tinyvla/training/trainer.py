@@ -91,10 +91,9 @@ def build_model(recipe: Recipe, training: bool = True):
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer)
     if m.init_from:
-        from tinyvla.modeling.loading import check_same_tokenizer, load_weights_from_policy
+        from tinyvla.modeling.loading import load_weights_from_policy
 
-        check_same_tokenizer(processor.tokenizer, m.init_from)  # first: a new vocabulary also changes the shapes
-        load_weights_from_policy(model, m.init_from)
+        load_weights_from_policy(model, m.init_from, tokenizer=processor.tokenizer)
     if m.freeze_vision:
         freeze_vision(model)
     if m.lora.enabled:
