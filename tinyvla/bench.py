@@ -20,7 +20,6 @@ drafts: judge acceptance on a trained policy.
 
 from __future__ import annotations
 
-import math
 import resource
 import statistics
 import time
@@ -285,13 +284,13 @@ def _bench_training(recipe, steps, warmup, batch_size, peak_tflops) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from tinyvla.training.trainer import answer_loss, build_model, build_optimizer
+    from tinyvla.training.trainer import answer_loss, build_model, build_optimizer, mixed_precision
 
     if steps < 1 or warmup < 0:
         raise UserError("training steps must be >= 1 and warmup >= 0")
     cfg = recipe.train
     on_gpu = torch.cuda.is_available()
-    mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no") if on_gpu else "no"
+    mixed = mixed_precision(cfg)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -384,10 +383,7 @@ def recipe_frames(recipe) -> tuple[int, str]:
 
 
 def total_steps(recipe, frames: int, processes: int = 1) -> int:
-    """Optimizer steps the trainer will run (its own formula: whole micro-batches per process, per epoch)."""
-    cfg = recipe.train
-    if cfg.max_steps:
-        return int(cfg.max_steps)
-    per_rank = frames // max(1, processes)
-    steps_per_epoch = max(1, (per_rank // cfg.batch_size) // cfg.grad_accum)
-    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    """Optimizer steps the trainer will run (its own plan: training/plan.py)."""
+    from tinyvla.training.plan import plan_run
+
+    return plan_run(recipe.train, frames, max(1, processes)).steps

@@ -94,19 +94,24 @@ class ActionsConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 24  # passes over the data (ignored when max_steps is set)
-    max_steps: int | None = None
-    batch_size: int = 8  # per device; global batch = batch_size x grad_accum x number of processes
-    grad_accum: int = 1
-    lr: float = 5e-6  # taken as written: never scaled by the GPU count
+    epochs: float = 24  # passes over the data (ignored when max_steps or max_samples is set)
+    max_steps: int | None = None  # budget in optimizer steps
+    max_samples: int | None = None  # budget in samples (steps = max_samples / global_batch)
+    global_batch: int | None = None  # samples per optimizer step, whatever the GPU count (training/plan.py);
+    # None = the older rule: global batch = batch_size x grad_accum x number of processes
+    batch_size: int = 8  # per device (micro-batch)
+    grad_accum: int = 1  # derived from global_batch when that is set
+    lr: float = 5e-6  # belongs to the global batch: never scaled by the GPU count
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes; saves ~75% of optimizer memory)
+    optimizer: str = "adamw"  # adamw | adamw-kahan (torch-optimi: bf16 weights without lost updates) | adamw8bit
     schedule: str = "constant"  # constant (VLA-0) | cosine (decays to min_lr_ratio x lr)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     clip_grad: float = 0.0  # max grad norm; 0 = no clipping (VLA-0)
-    precision: str = "bf16"  # bf16 | fp32 mixed precision for accelerate
+    # bf16-mixed: fp32 master weights + bf16 autocast (GPU); bf16: weights in model.dtype + bf16 autocast (pair bf16
+    # weights with optimizer adamw-kahan, or updates below bf16's resolution are lost); fp32: no autocast
+    precision: str = "bf16-mixed"
     seed: int = 0
     compile: bool = False  # torch.compile: faster steps after a slow first one
     log_every: int = 10
@@ -156,8 +161,8 @@ class Recipe:
         """Cross-field checks that a type alone cannot express."""
         choices = {
             "model.dtype": (self.model.dtype, ("fp32", "bf16", "fp16")),
-            "train.precision": (self.train.precision, ("fp32", "bf16", "fp16")),
-            "train.optimizer": (self.train.optimizer, ("adamw", "adamw8bit")),
+            "train.precision": (self.train.precision, ("fp32", "bf16-mixed", "bf16", "fp16")),
+            "train.optimizer": (self.train.optimizer, ("adamw", "adamw-kahan", "adamw8bit")),
             "train.schedule": (self.train.schedule, ("constant", "cosine")),
             "eval.ensemble": (self.eval.ensemble, ("vla0", "exp", "uniform", "none")),
             "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
@@ -189,6 +194,10 @@ class Recipe:
                             f"got {self.eval.execute_horizon}")
         if not 0 <= self.actions.gripper_dim < self.actions.dim:
             raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1}, got {self.actions.gripper_dim}")
+        for key in ("global_batch", "max_samples", "max_steps"):
+            value = getattr(self.train, key)
+            if value is not None and value < 1:
+                raise UserError(f"train.{key} must be >= 1 (or null), got {value}")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
         if not 2 <= self.data.generate_blocks <= 4:

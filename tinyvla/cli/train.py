@@ -33,5 +33,7 @@ def train(
         cfg = smoke_recipe(cfg)
     console = Console()
     result = run_training(cfg, resume=resume, smoke_test=test, console=console)
+    if not result.main:  # one "done" per run, not one per process
+        return
     console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}"
                   f" -> policy in [bold]{result.policy_dir}[/bold]")

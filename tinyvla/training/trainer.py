@@ -6,9 +6,17 @@ DDP/FSDP and mixed precision; everything else is plain PyTorch you can read top 
     tinyvla train recipes/tiny-cpu.yaml                      # writes runs/tiny-cpu/{final,checkpoints,metrics.jsonl}
     accelerate launch -m tinyvla.cli.main train recipes/qwen3-2b-h100.yaml
 
-Learning rate: exactly what the recipe says, whatever the number of processes. Global batch = batch_size x grad_accum
-x processes. Each process reads its own shard of every epoch (a distributed sampler), unlike the official VLA-0 code,
-where every GPU sees the whole dataset.
+Learning rate: exactly what the recipe says, whatever the number of processes. With `train.global_batch` set the
+gradient accumulation is derived from the process count (training/plan.py), so a recipe is the same optimisation on
+any number of GPUs. Each process reads its own shard of every epoch (a distributed sampler), unlike the official
+VLA-0 code, where every GPU sees the whole dataset.
+
+The objective is the token mean over the global batch: every labelled token of an optimizer step weighs the same,
+however the step is split into processes and accumulation steps (see `train_step`).
+
+Multi-process: `accelerate launch --multi_gpu --num_processes N -m tinyvla.cli.main train RECIPE` or
+`torchrun --nproc_per_node N -m tinyvla.cli.main train RECIPE` (both work on CPU with gloo too). Beware
+`accelerate launch --cpu --num_processes 2`: accelerate starts ONE process for it, without a word.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from tinyvla.errors import UserError
 from tinyvla.inputs import IGNORE
 from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
+from tinyvla.training.plan import plan_run
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -44,6 +53,8 @@ class TrainResult:
     steps: int
     final_loss: float
     seconds: float
+    main: bool = True  # False on every process but rank 0 (which alone reports "done")
+    plan: object = None  # the RunPlan the run followed
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -52,7 +63,19 @@ class TrainResult:
 
 
 def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over the labelled (answer) tokens, the same number as the model's own causal-LM loss.
+    """Mean cross-entropy over the labelled (answer) tokens, the same number as the model's own causal-LM loss."""
+    total, count = answer_loss_sum(model, batch)
+    return total / count.clamp(min=1)
+
+
+def labelled_tokens(batch: dict) -> torch.Tensor:
+    """How many tokens of a batch carry a label (position t predicts token t + 1)."""
+    return (batch["labels"][:, 1:] != IGNORE).sum()
+
+
+def answer_loss_sum(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy over the labelled tokens, their number): the trainer divides by the count of the whole
+    global batch, so a micro-batch with few labelled tokens (heavily masked) does not weigh more than one with many.
 
     The model computes logits only at the positions that predict a label: the prompt (system text, images,
     instruction) is well over half of every sequence, and a full-vocabulary projection plus log-softmax there is
@@ -70,8 +93,9 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     drop = ("labels", "attention_mask") if right_padded else ("labels",)
     inputs = {k: v for k, v in batch.items() if k not in drop}
     logits = model(**inputs, logits_to_keep=keep).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
-                                             ignore_index=IGNORE)
+    total = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
+                                              ignore_index=IGNORE, reduction="sum")
+    return total, (targets != IGNORE).sum()
 
 
 def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
@@ -87,7 +111,7 @@ def build_model(recipe: Recipe, training: bool = True):
     from tinyvla.modeling.loading import apply_lora, freeze_vision, load_model
 
     m = recipe.model
-    model, processor = load_model(m.name, dtype=m.dtype, attn_implementation=m.attn_implementation,
+    model, processor = load_model(m.name, dtype=training_dtype(recipe) if training else m.dtype, attn_implementation=m.attn_implementation,
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer)
     if m.init_from:
@@ -106,6 +130,19 @@ def build_model(recipe: Recipe, training: bool = True):
     return model, processor
 
 
+def training_dtype(recipe: Recipe) -> str:
+    """The dtype the weights are trained in. bf16-mixed and fp32 keep fp32 master weights (bf16-mixed computes under
+    bf16 autocast); bf16 / fp16 train the weights in model.dtype itself (half the memory of weights and grads)."""
+    return recipe.model.dtype if recipe.train.precision in ("bf16", "fp16") else "fp32"
+
+
+def mixed_precision(cfg) -> str:
+    """accelerate's autocast mode. CPUs get none: their bf16 matmuls are slow, and the CPU recipes are fp32."""
+    if not torch.cuda.is_available():
+        return "no"
+    return {"bf16-mixed": "bf16", "bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no")
+
+
 def build_optimizer(model, cfg) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -118,6 +155,12 @@ def build_optimizer(model, cfg) -> torch.optim.Optimizer:
             raise UserError("train.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes "
                             "(CUDA only), or set --set train.optimizer=adamw") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
+    if cfg.optimizer == "adamw-kahan":
+        # AdamW with Kahan-compensated updates (torch-optimi): bf16 weights keep the part of each update that bf16
+        # cannot represent in a bf16 buffer and add it back next step, so lr 5e-6 updates are not rounded away.
+        from optimi import AdamW as KahanAdamW
+
+        return KahanAdamW(params, eps=1e-8, kahan_sum=True, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
 
@@ -133,6 +176,16 @@ def lr_lambda(cfg, total_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
+
+
+def heldout_error(policy, reader, val_frames, cfg) -> dict:
+    """Action error on held-out frames. Every process must call it with the same frames (chosen from cfg.seed): under
+    FSDP each forward gathers weight shards from all processes, so a forward on one process alone never returns."""
+    from tinyvla.evaluation.offline import offline_action_error
+
+    n = min(len(val_frames), cfg.eval_batches * cfg.batch_size)
+    frames = np.random.default_rng(cfg.seed).choice(val_frames, size=n, replace=False)
+    return offline_action_error(policy, reader, frames, batch_size=cfg.batch_size)
 
 
 def check_context(model, processor, prompt_len: int, prompt: PromptSpec):
@@ -163,7 +216,6 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from tinyvla.evaluation.offline import offline_action_error
     from tinyvla.inputs import mask_token_id as find_mask_token_id
     from tinyvla.policy import Policy
     from tinyvla.policy_dir import save_policy_dir
@@ -174,8 +226,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     on_gpu = torch.cuda.is_available()
-    mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no") if on_gpu else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg), cpu=not on_gpu)
     main = accelerator.is_main_process
     log = (console.print if console else print) if main else (lambda *a, **k: None)
     set_seed(cfg.seed)
@@ -204,18 +255,20 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     first = dataset[(int(data.train_frames[0]), 0)]
     check_context(model, processor, len(first["input_ids"]) - len(processor.end_of_turn_ids), prompt)
 
-    sampler = EpochSampler(data.train_frames, cfg.seed, accelerator.process_index, accelerator.num_processes)
-    if sampler.per_rank() < cfg.batch_size:
-        raise UserError(f"only {sampler.per_rank()} training frames per process but train.batch_size is "
-                        f"{cfg.batch_size}: lower the batch size or add data")
+    world = accelerator.num_processes
+    plan = plan_run(cfg, len(data.train_frames), world)
+    sampler = EpochSampler(data.train_frames, cfg.seed, accelerator.process_index, world)
+    if sampler.per_rank() < cfg.batch_size * plan.grad_accum:
+        raise UserError(f"only {sampler.per_rank()} training frames per process but one optimizer step takes "
+                        f"{cfg.batch_size * plan.grad_accum} per process: lower train.global_batch / "
+                        "train.batch_size or add data")
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=recipe.data.num_workers, collate_fn=lambda items: processor.collate(items, padding_side="right"),
         persistent_workers=False,
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_steps, accum = plan.steps, plan.grad_accum
 
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
@@ -234,11 +287,19 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         step, epoch, micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         log(f"resumed from {latest} (step {step}, epoch {epoch})")
 
-    global_batch = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    global_batch = plan.global_batch
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{recipe.name}: {n_params / 1e6:.2f} M params ({n_train / 1e6:.2f} M trainable), {len(data.train_frames)} "
-        f"train frames, {len(data.val_frames)} held out, global batch {global_batch}, {total_steps} steps, lr {cfg.lr:g}")
+    log(f"{recipe.name}: {plan.describe()}")
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+    log(f"  {world} process{'es' if world > 1 else ''} ({accelerator.distributed_type.value}, backend {backend}); "
+        f"data: {sampler.per_rank():,} frames per process per epoch (process r reads every {world}-th frame of the "
+        f"epoch's shuffled order from position r); {n_params / 1e6:.2f} M params ({n_train / 1e6:.2f} M trainable), "
+        f"{len(data.val_frames)} frames held out; precision {cfg.precision} (weights {training_dtype(recipe)}, "
+        f"autocast {mixed_precision(cfg)}), optimizer {cfg.optimizer}")
+    if training_dtype(recipe) != "fp32" and cfg.optimizer == "adamw":
+        log(f"  warning: {training_dtype(recipe)} weights stepped by plain AdamW lose updates smaller than their "
+            "resolution (most of them at lr 5e-6): use train.optimizer=adamw-kahan or train.precision=bf16-mixed")
 
     logger = TrainLogger(out_dir, recipe, total_steps, start_step=step, enabled=main, console=console)
 
@@ -253,17 +314,17 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
             policy_cache.append(policy)
         return policy_cache[0]
 
+    # Held-out evaluation and the probe run on EVERY process, on the same inputs: under FSDP each forward gathers the
+    # weight shards from all processes, so a forward on rank 0 alone would wait forever. Only rank 0 logs the result.
     def evaluate_heldout():
-        if not main or len(data.val_frames) == 0:
+        if len(data.val_frames) == 0:
             return None
-        n = min(len(data.val_frames), cfg.eval_batches * cfg.batch_size)
-        frames = np.random.default_rng(cfg.seed).choice(data.val_frames, size=n, replace=False)
-        result = offline_action_error(make_policy(), data.reader, frames, batch_size=cfg.batch_size)
+        result = heldout_error(make_policy(), data.reader, data.val_frames, cfg)
         model.train()
         return result
 
     def probe():
-        if not main or cfg.rollout_every <= 0 or recipe.data.suite not in BLOCKFIND_SUITES:
+        if cfg.rollout_every <= 0 or recipe.data.suite not in BLOCKFIND_SUITES:
             return
         from tinyvla.evaluation.probe import probe_success
 
@@ -298,25 +359,21 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
             batches = iter(loader)
             epoch_done = False
             while step < total_steps and not epoch_done:
-                micro_losses = []
-                for k in range(cfg.grad_accum):
+                micro = []
+                for _ in range(accum):
                     batch = next(batches, None)
                     if batch is None:
                         break
-                    batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-                    # Gradients are averaged across processes only on the last micro-batch of an accumulation.
-                    with _maybe_no_sync(accelerator, model, k < cfg.grad_accum - 1), accelerator.autocast():
-                        loss = answer_loss(model, batch)
-                        if not torch.isfinite(loss):
-                            raise UserError(f"the loss became {loss.item()} at step {step}: lower train.lr, set "
-                                            "train.clip_grad=1.0, or use train.precision=fp32; no checkpoint was written")
-                        accelerator.backward(loss / cfg.grad_accum)
-                    micro_losses.append(loss.detach())
+                    micro.append(batch)
                     micro_in_epoch += 1
-                if len(micro_losses) < cfg.grad_accum:  # the epoch ran out mid-accumulation: drop the partial step
-                    optimizer.zero_grad(set_to_none=True)
+                if len(micro) < accum:  # the epoch ran out mid-accumulation: drop the partial step
                     epoch_done = True
                     continue
+                last_loss = train_step(accelerator, model, micro)
+                if not math.isfinite(last_loss):  # the same global value on every process: all stop together
+                    optimizer.zero_grad(set_to_none=True)
+                    raise UserError(f"the loss became {last_loss} at step {step}: lower train.lr, set "
+                                    "train.clip_grad=1.0, or use train.precision=fp32; no checkpoint was written")
                 if cfg.clip_grad > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
@@ -324,7 +381,6 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
 
-                last_loss = accelerator.gather(torch.stack(micro_losses).mean()[None]).mean().item()
                 window["loss"] += last_loss
                 window["steps"] += 1
                 window["samples"] += global_batch
@@ -345,9 +401,9 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
                 epoch += 1
                 micro_in_epoch = 0
     except torch.cuda.OutOfMemoryError:
-        raise UserError(f"out of GPU memory at batch_size {cfg.batch_size}: lower train.batch_size (raise "
-                        "train.grad_accum to keep the global batch), set model.gradient_checkpointing=true, or "
-                        "enable model.lora.enabled=true") from None
+        raise UserError(f"out of GPU memory at batch_size {cfg.batch_size}: lower train.batch_size (with "
+                        "train.global_batch set, accumulation grows to keep the global batch), set "
+                        "model.gradient_checkpointing=true, or enable model.lora.enabled=true") from None
 
     # Finish: a checkpoint to resume from, the held-out error, then the policy directory -------------------------------
     save_checkpoint()
@@ -362,7 +418,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         save_policy_dir(make_policy(), policy_dir, recipe=recipe.to_dict(), state_dict=full_state)
         logger.finish(step, last_loss, seconds)
     accelerator.wait_for_everyone()
-    return TrainResult(out_dir, policy_dir, step, last_loss, seconds)
+    return TrainResult(out_dir, policy_dir, step, last_loss, seconds, main=main, plan=plan)
 
 
 def _ensemble_cfg(recipe: Recipe) -> dict:
@@ -382,6 +438,32 @@ def _gpu_memory() -> dict:
     if not torch.cuda.is_available():
         return {}
     return {"peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def train_step(accelerator, model, micro: list[dict]) -> float:
+    """Forward + backward of one optimizer step's micro-batches on this process; returns the step's loss.
+
+    The objective is the mean cross-entropy over every labelled token of the GLOBAL batch (all micro-batches of all
+    processes), so the loss and the gradient are the same whatever the split into processes and accumulation steps.
+    The global token count is known before any backward (one small all-reduce of the local counts); each micro-batch
+    then backpropagates its summed loss x processes / global count, because DDP and FSDP average gradients over
+    processes, which the x processes undoes. Returns the global token-mean loss (identical on every process).
+    """
+    world = accelerator.num_processes
+    local_tokens = sum(labelled_tokens(b) for b in micro).to(accelerator.device, torch.float32)
+    global_tokens = accelerator.reduce(local_tokens, reduction="sum") if world > 1 else local_tokens
+    scale = world / global_tokens.clamp(min=1)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for k, batch in enumerate(micro):
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        # Gradients are averaged across processes only on the last micro-batch of an accumulation.
+        with _maybe_no_sync(accelerator, model, k < len(micro) - 1), accelerator.autocast():
+            total, _ = answer_loss_sum(model, batch)
+            accelerator.backward(total * scale)
+        loss_sum += total.detach().float()
+    if world > 1:
+        loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    return (loss_sum / global_tokens.clamp(min=1)).item()
 
 
 def _maybe_no_sync(accelerator, model, skip_sync: bool):
