@@ -293,8 +293,9 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     log(f"{recipe.name}: {plan.describe()}")
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
     log(f"  {world} process{'es' if world > 1 else ''} ({accelerator.distributed_type.value}, backend {backend}); "
-        f"data: {sampler.per_rank():,} frames per process per epoch (process r reads every {world}-th frame of the "
-        f"epoch's shuffled order from position r); {n_params / 1e6:.2f} M params ({n_train / 1e6:.2f} M trainable), "
+        f"data: {sampler.per_rank():,} frames per process per epoch"
+        f"{f' (process r reads every {world}th frame of the shuffled epoch from position r)' if world > 1 else ''}; "
+        f"{n_params / 1e6:.2f} M params ({n_train / 1e6:.2f} M trainable), "
         f"{len(data.val_frames)} frames held out; precision {cfg.precision} (weights {training_dtype(recipe)}, "
         f"autocast {mixed_precision(cfg)}), optimizer {cfg.optimizer}")
     if training_dtype(recipe) != "fp32" and cfg.optimizer == "adamw":
