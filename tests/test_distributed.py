@@ -102,3 +102,30 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
           f"|w1 - w0| {moved:.3e}, ratio {apart / moved:.2e}")
     assert moved > 0.01, moved  # training did move the weights
     assert apart < 1e-3 * moved, (apart, moved)
+
+
+def run_worker(recipe_path: Path, mode: str, out_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(ROOT / "tests" / "fsdp_worker.py"), str(recipe_path), mode, str(out_dir)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_cpu_shards_and_every_process_enters_every_forward(tmp_path):
+    cfg = two_process_recipe(tmp_path / "fsdp")
+    cfg.train.eval_batches = 1
+    save_recipe(cfg, tmp_path / "fsdp.yaml")
+    res = run_worker(tmp_path / "fsdp.yaml", "every-rank", tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in rows] == [0, 1]
+    assert rows[0]["units"] >= 4  # decoder layers + vision blocks wrapped
+    assert all(r["local_params"] < 0.6 * r["params"] for r in rows)  # really sharded: each holds about half
+    assert rows[0]["loss"] == rows[1]["loss"] and np.isfinite(rows[0]["loss"])  # one global objective
+    assert rows[0]["l1"] == rows[1]["l1"] is not None  # every process ran the same evaluation
+
+    # The old trainer's path, evaluation on rank 0 alone, does not finish: rank 0 waits in an all-gather.
+    (tmp_path / "rank0.json").unlink()
+    res = run_worker(tmp_path / "fsdp.yaml", "rank0-only", tmp_path)
+    assert res.returncode != 0 and not (tmp_path / "rank0.json").exists()
