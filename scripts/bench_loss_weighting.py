@@ -9,8 +9,9 @@ batch's labelled-token count. Both are compared with the reference, the token me
 forward: loss bias (relative) and gradient direction gap (1 - cosine).
 
 Shape: the qwen3-8b recipe's step (global batch 64 = micro 4 x 8 GPUs x 2 accumulation), H = 8 x D = 7 actions,
-mask_prob 0.4, on the tiny Qwen3-VL (random init, then a few steps on the same kind of batches so that per-token
-losses differ as they do in training: spaces are learned first, digits later). Processes are emulated in one
+mask_prob 0.4, real LIBERO frames (tests/fixtures/libero_v20_tiny, each frame drawn with several masks), the tiny
+Qwen3-VL first trained a few steps on the same frames so that it reads the action context: masked context then makes
+the remaining tokens harder, which is where the per-micro-batch mean goes wrong. Processes are emulated in one
 process: DDP's average over processes is a mean, which the emulation takes explicitly.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+
+import numpy as np
 
 
 def main() -> None:
@@ -31,30 +34,42 @@ def main() -> None:
     import torch
     from accelerate import Accelerator
 
-    from tinyvla.bench import synthetic_batch
-    from tinyvla.recipe import Recipe
+    from pathlib import Path
+
+    from tinyvla.inputs import mask_token_id
+    from tinyvla.recipe import load_recipe
     from tinyvla.training import trainer
+    from tinyvla.training.data import ActionSampleDataset, load_training_data
 
     torch.set_num_threads(1)
-    recipe = Recipe(name="weighting")
-    recipe.model.name, recipe.model.dtype, recipe.train.precision = "tiny-qwen3", "fp32", "fp32"
-    recipe.data.suite, recipe.data.image_size, recipe.data.crop_scale = "blockfind-reach", 32, 1.0
-    recipe.actions.horizon, recipe.actions.mask_prob = 8, 0.4
-    recipe.validate()
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "recipes" / "tiny-cpu.yaml",
+                         [f"data.repo={root / 'tests/fixtures/libero_v20_tiny'}", "data.suite=null", "data.val_episodes=0",
+                          "actions.horizon=8", "actions.mask_prob=0.4", "data.image_size=32", "data.num_workers=0"])
+    data = load_training_data(recipe, log=lambda *a, **k: None)
     rows = []
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         model, processor = trainer.build_model(recipe)
+        prompt, image_spec = trainer.specs_from_recipe(recipe)
+        from tinyvla.core.codec import ActionCodec
+
+        codec = ActionCodec(data.stats, horizon=8, bins=recipe.actions.bins)
+        dataset = ActionSampleDataset(data.reader, codec, processor, prompt, image_spec, train=True, seed=seed,
+                                      mask_prob=0.4, mask_token_id=mask_token_id(processor, recipe.actions.mask_char))
+        rng = np.random.default_rng(seed)
+
+        def draw(n, epoch):
+            return [dataset[(int(f), epoch)] for f in rng.choice(data.train_frames, size=n)]
+
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        for i in range(args.warm_steps):  # per-token losses start to differ, as in a real run
-            loss = trainer.answer_loss(model, synthetic_batch(recipe, processor, 16, seed=1000 * seed + i))
+        for i in range(args.warm_steps):  # the model learns to read the action context of these frames
+            loss = trainer.answer_loss(model, processor.collate(draw(16, 1000 + i), padding_side="right"))
             loss.backward()
             opt.step()
             opt.zero_grad()
         collate = processor.collate
-        processor.collate = lambda items, **kw: items  # synthetic_batch's samples, before collation
-        items = synthetic_batch(recipe, processor, args.global_batch, seed=10_000 + seed)
-        processor.collate = collate
+        items = draw(args.global_batch, 5000 + seed)
         batch = collate(items, padding_side="right")
         micro = [collate(items[i:i + args.micro], padding_side="right") for i in range(0, len(items), args.micro)]
         counts = [int(trainer.labelled_tokens(b)) for b in micro]

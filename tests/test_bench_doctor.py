@@ -121,3 +121,4 @@ def test_doctor_estimates_recipe_training_time(tmp_path):
     if not torch.cuda.is_available():
         r = run_json("doctor", ROOT / "recipes" / "qwen3-2b-h100.yaml", "--no-render-probe")
         assert "skipped" in r["estimate"]
+        assert r["memory"]["weights_gb"] == 8.5 and r["memory"]["optimizer_gb"] == 17.0  # 2.13 B x 4 / x 8 bytes

@@ -52,3 +52,21 @@ def test_gpu_recipes_state_a_global_batch_that_splits_over_1_and_8_gpus(path):
     assert cfg.train.global_batch, f"{path.name}: GPU recipes state train.global_batch"
     one, eight = plan_run(cfg.train, LIBERO_FRAMES, 1), plan_run(cfg.train, LIBERO_FRAMES, 8)
     assert (one.steps, one.samples, one.lr) == (eight.steps, eight.samples, eight.lr)
+
+
+def test_memory_per_gpu_from_parameter_counts():
+    from tinyvla.training.memory import estimate_memory
+
+    mixed = load_recipe(ROOT / "recipes" / "qwen3-8b-h100.yaml")
+    est = estimate_memory(mixed, gpus=8)
+    params = 8.767e9
+    assert est["weights_gb"] == pytest.approx(params * 4 / 1e9, abs=0.1)  # fp32 master weights
+    assert est["optimizer_gb"] == pytest.approx(params * 8 / 1e9, abs=0.1)  # two fp32 moments
+    assert est["fsdp_per_gpu_gb"] < 80 < est["ddp_per_gpu_gb"]  # why the recipe shards
+    kahan = load_recipe(ROOT / "recipes" / "qwen3-8b-h100.yaml",
+                        ["train.precision=bf16", "train.optimizer=adamw-kahan"])
+    k = estimate_memory(kahan, gpus=8)
+    assert k["weights_gb"] == pytest.approx(params * 2 / 1e9, abs=0.1)
+    assert k["optimizer_gb"] == pytest.approx(params * 6 / 1e9, abs=0.1)
+    lora = estimate_memory(load_recipe(ROOT / "recipes" / "qwen3-2b-24gb-lora.yaml"))
+    assert lora["trainable_b"] < 0.05 and lora["ddp_per_gpu_gb"] < 24

@@ -40,6 +40,9 @@ def doctor(
         raise UserError("--set needs a recipe argument")
     report = {"checks": D.run_checks(probe_render=not no_render_probe)}
     if cfg is not None:
+        from tinyvla.training.memory import estimate_memory
+
+        report["memory"] = estimate_memory(cfg)  # from parameter counts: no GPU needed
         report["estimate"] = D.estimate_training_time(cfg, steps=steps, force=force)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -63,6 +66,10 @@ def _print(report: dict) -> None:
         style = STYLE.get(c["status"], "white")
         table.add_row(c["name"], f"[{style}]{c['status']}[/{style}]", c["detail"])
     console.print(table)
+    if report.get("memory"):
+        from tinyvla.training.memory import describe
+
+        console.print(f"[bold]memory per GPU[/bold] (estimate from parameter counts): {describe(report['memory'])}")
     est = report.get("estimate")
     if not est:
         return

@@ -32,8 +32,10 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     r.train.max_steps = 2
     r.train.batch_size = 2
     r.train.grad_accum = min(r.train.grad_accum, 2)
+    if r.train.global_batch:  # keep the derived-accumulation path, at 2 micro-batches of 2 on one process
+        r.train.global_batch, r.train.grad_accum = 4, 1
     r.train.precision = "fp32"
-    r.train.optimizer = "adamw"  # bitsandbytes is CUDA-only
+    r.train.optimizer = "adamw" if r.train.optimizer == "adamw8bit" else r.train.optimizer  # bitsandbytes: CUDA
     r.train.compile = False
     r.train.log_every = 1
     r.train.save_every = 1
