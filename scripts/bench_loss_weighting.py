@@ -100,16 +100,19 @@ def main() -> None:
 
         (l_ref, g_ref), (l_old, g_old), (l_new, g_new) = grad_of(reference), grad_of(before), grad_of(after)
         cos = torch.nn.functional.cosine_similarity
-        rows.append({"tokens": (min(counts), max(counts)),
+        # Under the per-micro-batch mean a token of micro-batch m weighs N / (M x n_m) times what the token mean gives it.
+        weights = [sum(counts) / (len(counts) * n) for n in counts]
+        rows.append({"tokens": (min(counts), max(counts)), "weight_min": min(weights), "weight_max": max(weights),
                      "bias_before": l_old / l_ref - 1, "bias_after": l_new / l_ref - 1,
                      "gap_before": 1 - cos(g_old, g_ref, dim=0).item(), "gap_after": 1 - cos(g_new, g_ref, dim=0).item()})
-        print(f"seed {seed}: labelled tokens per micro-batch {min(counts)}-{max(counts)}; loss bias "
-              f"{rows[-1]['bias_before']:+.2%} before, {rows[-1]['bias_after']:+.1e} after; gradient direction gap "
-              f"{rows[-1]['gap_before']:.2%} before, {rows[-1]['gap_after']:.1e} after")
+        print(f"seed {seed}: labelled tokens per micro-batch {min(counts)}-{max(counts)} (token weights before: "
+              f"{min(weights):.3f}-{max(weights):.3f} x, after: 1 x); loss bias "
+              f"{rows[-1]['bias_before']:+.4%} before, {rows[-1]['bias_after']:+.1e} after; gradient direction gap "
+              f"{rows[-1]['gap_before']:.4%} before, {rows[-1]['gap_after']:.1e} after")
 
     def fmt(key, pct=True):
         vals = [r[key] for r in rows]
-        f = (lambda v: f"{v:+.2%}") if pct else (lambda v: f"{v:.1e}")
+        f = (lambda v: f"{v:+.4%}") if pct else (lambda v: f"{v:.1e}")
         return f"{f(statistics.mean(vals))} [{f(min(vals))} .. {f(max(vals))}]"
 
     print(f"global batch {args.global_batch} = {args.global_batch // args.micro} micro-batches of {args.micro}, "

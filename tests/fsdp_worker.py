@@ -14,13 +14,13 @@ import torch.distributed as dist
 import yaml
 from accelerate import Accelerator
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 
 from tinyvla.core.codec import ActionCodec
 from tinyvla.policy import Policy
 from tinyvla.recipe import load_recipe
 from tinyvla.training import trainer
 from tinyvla.training.data import ActionSampleDataset, load_training_data
+from tinyvla.training.fsdp import WRAP_CLASSES, shard_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,12 +33,8 @@ def main(recipe_path: str, mode: str, out_dir: str) -> None:
     torch.manual_seed(recipe.train.seed)
     model, processor = trainer.build_model(recipe)
     wrap = yaml.safe_load((ROOT / "recipes/accelerate/fsdp-8gpu.yaml").read_text())["fsdp_config"]
-    wrap = set(wrap["fsdp_transformer_layer_cls_to_wrap"].split(","))
-    mesh = init_device_mesh("cpu", (world,))
-    units = [m for m in reversed(list(model.modules())) if type(m).__name__ in wrap]  # children first
-    for m in units:
-        fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    assert set(wrap["fsdp_transformer_layer_cls_to_wrap"].split(",")) == set(WRAP_CLASSES)  # one list, two launchers
+    units = shard_model(model, init_device_mesh("cpu", (world,)))
     full = sum(p.numel() for p in model.parameters())
     local = sum(p.to_local().numel() for p in model.parameters())
 
@@ -63,7 +59,7 @@ def main(recipe_path: str, mode: str, out_dir: str) -> None:
         result = None
     else:
         result = trainer.heldout_error(policy, data.reader, data.val_frames, recipe.train)
-    row = {"rank": rank, "units": len(units), "params": full, "local_params": local, "loss": loss,
+    row = {"rank": rank, "units": units, "params": full, "local_params": local, "loss": loss,
            "l1": None if result is None else result["l1_mean"]}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(row))
     dist.destroy_process_group()
