@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) train exactly what one process with gradient accumulation 2 trains.
+"""Two CPU processes (gloo) train exactly what one process with gradient accumulation 2 trains; FSDP2 on CPU processes.
 
 The same recipe (global batch 4, micro-batch 2) runs once under torchrun with 2 processes and once in this process
 with accumulation 2. Every optimizer step sees the same 4 samples in both runs (training/data.py EpochSampler) and the
@@ -9,10 +9,12 @@ objective is the token mean over the global batch (trainer.train_step), so:
   amplifies tiny gradient differences only where a gradient is near zero, so the runs may drift apart by float noise
   but not by a different objective: a per-micro-batch mean (the old weighting) changes the gradient direction by
   several per cent (BENCHMARKS.md) and fails both checks.
+- checkpoints written by 2 processes are complete and a 2-process resume replays the lost step exactly.
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from accelerate.utils import set_seed
 from safetensors.numpy import load_file
 
 from tinyvla.recipe import load_recipe, save_recipe
 from tinyvla.training.smoke import smoke_recipe
-from tinyvla.training.trainer import train
+from tinyvla.training.trainer import build_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "libero_v20_tiny"
@@ -35,7 +38,7 @@ def two_process_recipe(out: Path, steps: int = 3):
                                    [f"data.repo={FIXTURE}", "data.suite=null", f"train.out_dir={out}"]))
     cfg.train.out_dir = str(out)  # smoke_recipe appends -smoke
     cfg.train.global_batch, cfg.train.batch_size, cfg.train.grad_accum = 4, 2, 1
-    cfg.train.max_steps, cfg.train.save_every, cfg.train.log_every = steps, 2, 1
+    cfg.train.max_steps, cfg.train.save_every, cfg.train.log_every, cfg.train.keep_last = steps, 2, 1, 2
     cfg.train.clip_grad, cfg.train.schedule, cfg.train.warmup_steps = 0.0, "constant", 0  # plain Adam steps
     cfg.actions.mask_prob = 0.4  # labelled-token counts differ per sample: what makes the weighting matter
     return cfg.validate()
@@ -84,13 +87,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
 
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     init = two_process_recipe(tmp_path / "init")
-    from tinyvla.training.trainer import build_model
-    import torch
-
-    torch.manual_seed(init.train.seed)
-    from accelerate.utils import set_seed
-
-    set_seed(init.train.seed)
+    set_seed(init.train.seed)  # what train() does before building the model: the same initial weights
     model, _ = build_model(init)
     w0 = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     keys = [k for k in w1 if k in w0]
@@ -102,6 +99,20 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
           f"|w1 - w0| {moved:.3e}, ratio {apart / moved:.2e}")
     assert moved > 0.01, moved  # training did move the weights
     assert apart < 1e-3 * moved, (apart, moved)
+
+    # Killed after the step-2 checkpoint: what survives is that checkpoint; resuming with 2 processes replays step 3.
+    ckpts = sorted((tmp_path / "two" / "checkpoints").glob("step-*"))
+    assert [p.name for p in ckpts] == ["step-00000002", "step-00000003"]
+    for p in ckpts:  # complete: every process's random state is in it
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= {f.name for f in p.iterdir()}, list(p.iterdir())
+    shutil.rmtree(ckpts[-1])
+    shutil.rmtree(tmp_path / "two" / "final")
+    res = launch(tmp_path / "two.yaml", 2, "--resume")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed from" in res.stdout
+    assert np.allclose(losses(tmp_path / "two"), l2, rtol=1e-6, atol=0), (losses(tmp_path / "two"), l2)
+    w3 = weights(tmp_path / "two")
+    assert np.sqrt(sum(((w3[k] - w2[k]) ** 2).sum() for k in keys)) < 1e-6 * moved
 
 
 def run_worker(recipe_path: Path, mode: str, out_dir: Path) -> subprocess.CompletedProcess:
