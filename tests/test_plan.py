@@ -70,3 +70,15 @@ def test_memory_per_gpu_from_parameter_counts():
     assert k["optimizer_gb"] == pytest.approx(params * 6 / 1e9, abs=0.1)
     lora = estimate_memory(load_recipe(ROOT / "recipes" / "qwen3-2b-24gb-lora.yaml"))
     assert lora["trainable_b"] < 0.05 and lora["ddp_per_gpu_gb"] < 24
+
+
+def test_the_trainer_refuses_a_global_batch_that_does_not_split(tmp_path):
+    from tinyvla.training.smoke import smoke_recipe
+    from tinyvla.training.trainer import train
+
+    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [
+        f"data.repo={ROOT / 'tests/fixtures/libero_v20_tiny'}", "data.suite=null", f"train.out_dir={tmp_path}"]))
+    cfg.train.global_batch, cfg.train.batch_size = 5, 2
+    with pytest.raises(UserError, match="train.global_batch 5 is not a multiple of train.batch_size 2 x 1 processes"):
+        train(cfg)
+    assert not (tmp_path / "final").exists()

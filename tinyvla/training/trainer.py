@@ -244,6 +244,9 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
 
         find_init_policy(recipe.model.init_from)
     data = load_training_data(recipe, log)
+    world = accelerator.num_processes
+    plan = plan_run(cfg, len(data.train_frames), world)  # a global batch that does not split fails here, before the model
+    log(f"{recipe.name}: {plan.describe()}")
     prompt, image_spec = specs_from_recipe(recipe)
     codec = ActionCodec(data.stats, horizon=prompt.horizon, bins=prompt.bins,
                         per_task_bounds=recipe.actions.per_task_bounds, gripper_dim=recipe.actions.gripper_dim)
@@ -255,8 +258,6 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     first = dataset[(int(data.train_frames[0]), 0)]
     check_context(model, processor, len(first["input_ids"]) - len(processor.end_of_turn_ids), prompt)
 
-    world = accelerator.num_processes
-    plan = plan_run(cfg, len(data.train_frames), world)
     sampler = EpochSampler(data.train_frames, cfg.seed, accelerator.process_index, world)
     if sampler.per_rank() < cfg.batch_size * plan.grad_accum:
         raise UserError(f"only {sampler.per_rank()} training frames per process but one optimizer step takes "
@@ -290,7 +291,6 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     global_batch = plan.global_batch
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"{recipe.name}: {plan.describe()}")
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
     log(f"  {world} process{'es' if world > 1 else ''} ({accelerator.distributed_type.value}, backend {backend}); "
         f"data: {sampler.per_rank():,} frames per process per epoch"
