@@ -79,6 +79,6 @@ def test_the_trainer_refuses_a_global_batch_that_does_not_split(tmp_path):
     cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [
         f"data.repo={ROOT / 'tests/fixtures/libero_v20_tiny'}", "data.suite=null", f"train.out_dir={tmp_path}"]))
     cfg.train.global_batch, cfg.train.batch_size = 5, 2
-    with pytest.raises(UserError, match="train.global_batch 5 is not a multiple of train.batch_size 2 x 1 processes"):
+    with pytest.raises(UserError, match="train.global_batch 5 is not a multiple of train.batch_size 2 x 1 process = 2"):
         train(cfg)
     assert not (tmp_path / "final").exists()

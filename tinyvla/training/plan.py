@@ -55,7 +55,7 @@ def split_global_batch(cfg, processes: int) -> tuple[int, int]:
     if cfg.global_batch % per_step:
         fits = [n for n in range(1, 65) if cfg.global_batch % (micro * n) == 0]
         raise UserError(f"train.global_batch {cfg.global_batch} is not a multiple of train.batch_size {micro} x "
-                        f"{processes} processes = {per_step}: change train.batch_size or launch "
+                        f"{processes} process{'es' if processes != 1 else ''} = {per_step}: change train.batch_size or launch "
                         f"{', '.join(map(str, fits[:6])) or 'another number of'} processes")
     return cfg.global_batch, cfg.global_batch // per_step
 
