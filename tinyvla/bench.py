@@ -244,7 +244,7 @@ def synthetic_batch(recipe, processor, batch_size: int, seed: int = 0) -> dict:
     codes, the recipe's masking; built by the training code's own encode + collate."""
     from tinyvla.core.codec import ActionCodec
     from tinyvla.inputs import encode_training_example, mask_token_id
-    from tinyvla.recipe import BLOCKFIND_SUITES
+    from tinyvla.envs.suites import BLOCKFIND_SUITES
     from tinyvla.training.trainer import specs_from_recipe
 
     prompt, image_spec = specs_from_recipe(recipe)
@@ -358,7 +358,7 @@ def recipe_frames(recipe) -> tuple[int, str]:
     """(training frames, where the number comes from). Reads a local dataset; BlockFind data not generated yet is
     rolled out in memory at a tiny render size (frame counts do not depend on it); LIBERO from the hub is the published
     count (per suite: a quarter of it, approximately)."""
-    from tinyvla.recipe import BLOCKFIND_SUITES
+    from tinyvla.envs.suites import BLOCKFIND_SUITES, is_libero
 
     d = recipe.data
     if Path(d.repo).exists():
@@ -378,7 +378,7 @@ def recipe_frames(recipe) -> tuple[int, str]:
         return int(sum(lengths) - held * mean), f"{n_eps} {d.suite} expert episodes (to be generated)"
     if d.suite == "libero_all":
         return LIBERO_ALL_FRAMES, f"{d.repo}: published frame count"
-    if d.suite is not None and d.suite.startswith("libero"):
+    if is_libero(d.suite):
         return LIBERO_ALL_FRAMES // 4, f"{d.repo}: about a quarter of the 4-suite frame count"
     raise UserError(f"cannot count the frames of {d.repo} (not found locally); set train.max_steps for an estimate")
 

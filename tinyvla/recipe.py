@@ -19,12 +19,8 @@ import yaml
 
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS
 from tinyvla.envs.blockfind import EXPERT_PATHS
+from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
-
-LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-BLOCKFIND_SUITES = ("blockfind-reach", "blockfind")
-# "libero_all" = the four suites VLA-0 trains one policy on (libero_90 is not part of it).
-DATA_SUITES = BLOCKFIND_SUITES + LIBERO_SUITES + ("libero_all",)
 
 
 @dataclass

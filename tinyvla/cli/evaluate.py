@@ -70,19 +70,20 @@ def evaluate(
         raise UserError("--suite is required: one of blockfind-reach, blockfind, libero_spatial, libero_object, "
                         "libero_goal, libero_10, libero_90")
 
-    from tinyvla.evaluation import rollout
+    from tinyvla.envs import suites
+    from tinyvla.evaluation import episodes as E
     from tinyvla.evaluation.results import (EpisodeLog, check_run_identity, print_table, summarize, versions,
                                             write_results)
     from tinyvla.evaluation.video import video_factory
 
-    rollout.check_suite(suite)
-    if ckpt == "expert" and rollout.is_libero(suite):
+    suites.check_suite(suite)
+    if ckpt == "expert" and suites.is_libero(suite):
         raise UserError("LIBERO has no scripted expert; evaluate a policy directory or the random baseline")
     # The cheap checks first: a bad task list should not wait for a model to load.
-    setup = rollout.setup_suite(suite, seed=seed, max_steps=max_steps, wait_steps=wait_steps, resolution=resolution,
+    setup = suites.setup_suite(suite, seed=seed, max_steps=max_steps, wait_steps=wait_steps, resolution=resolution,
                                 rotate_180=rotate, snap_gripper=snap_gripper)
-    task_ids = rollout.parse_tasks(tasks, len(setup.tasks))
-    episodes = rollout.episode_list(setup, task_ids, episodes_per_task)
+    task_ids = E.parse_tasks(tasks, len(setup.tasks))
+    episodes = E.episode_list(setup, task_ids, episodes_per_task)
 
     policy, identity = _load_policy(ckpt, device)
     ens = _apply_ensemble(policy, ensemble, ensemble_size, execute_horizon)
@@ -94,7 +95,7 @@ def evaluate(
     check_run_identity(out, {"suite": suite, "protocol": setup.protocol, "ensemble": ens, "checkpoint": identity})
     log = EpisodeLog(out)
     done = {k: r for k, r in log.load().items() if "error" not in r}  # errored episodes are tried again
-    mine = rollout.shard_episodes(episodes, shard_t)
+    mine = E.shard_episodes(episodes, shard_t)
     todo = [e for e in mine if e.key not in done]
     n_envs = max(1, min(num_envs, len(todo)))
     if setup.libero and n_envs > 1:
@@ -117,8 +118,11 @@ def evaluate(
                           f"{outcome} after {record['steps']} steps ({record['seconds']:.1f} s)", highlight=False,
                           soft_wrap=True)
 
-        slots = rollout.make_slots(setup, n_envs)
-        stats = rollout.run_episodes(todo, policy, slots, on_done,
+        from tinyvla.evaluation.rollout import run_episodes
+        from tinyvla.evaluation.slots import make_slots
+
+        slots = make_slots(setup, n_envs)
+        stats = run_episodes(todo, policy, slots, on_done,
                                      video=video_factory(out / "videos", video, fps=setup.fps))
 
     records = log.load()
@@ -159,7 +163,7 @@ def evaluate(
 
 
 def _parse_shard(text: str):
-    from tinyvla.evaluation.rollout import parse_shard
+    from tinyvla.evaluation.episodes import parse_shard
 
     return parse_shard(text)
 
@@ -173,12 +177,12 @@ def _label(ckpt: str) -> str:
 
 def _load_policy(ckpt: str, device: str | None):
     """(policy, identity) for a baseline name or a policy directory."""
-    from tinyvla.evaluation import rollout
+    from tinyvla.evaluation.baselines import ExpertPolicy, RandomPolicy
 
     if ckpt == "random":
-        return rollout.RandomPolicy(), {"baseline": "random"}
+        return RandomPolicy(), {"baseline": "random"}
     if ckpt == "expert":
-        return rollout.ExpertPolicy(), {"baseline": "expert"}
+        return ExpertPolicy(), {"baseline": "expert"}
     from tinyvla.evaluation.results import checkpoint_identity
     from tinyvla.policy import Policy
 
@@ -283,11 +287,12 @@ def _heldout_frames(policy, repo):
 
     recipe_dict = (getattr(policy, "meta", None) or {}).get("recipe")
     if recipe_dict:
+        from tinyvla.envs.suites import is_blockfind
         from tinyvla.recipe import recipe_from_dict
         from tinyvla.training.data import resolve_dataset, split_episodes
 
         recipe = recipe_from_dict(recipe_dict)
-        if recipe.data.suite in ("blockfind", "blockfind-reach") and not Path(repo).exists():
+        if is_blockfind(recipe.data.suite) and not Path(repo).exists():
             # resolve_dataset would generate fresh BlockFind data there: that is not the data the policy saw.
             raise UserError(f"--repo {repo} does not exist")
         recipe.data.repo = str(repo)

@@ -31,7 +31,8 @@ from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
 from tinyvla.inputs import IGNORE
-from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
+from tinyvla.envs.suites import BLOCKFIND_SUITES
+from tinyvla.recipe import Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
 CHECKPOINT_PREFIX = "step-"
