@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyvla.cli.evaluate import evaluate, run_offline
+from tinyvla.evaluate import evaluate, run_offline
 from tinyvla.envs.blockfind import BlockFindEnv
 from tinyvla.errors import UserError
 from tinyvla.envs.suites import EnvFactory, setup_suite
@@ -289,12 +289,12 @@ def tiny_policy_dir(tmp_path_factory):
     pytest.importorskip("transformers")
     import torch
 
-    from tinyvla.core.codec import ActionCodec, ActionStats
+    from tinyvla.core.codec import ActionStats
     from tinyvla.core.prompt import PromptSpec
     from tinyvla.data.transforms import ImageSpec
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
 
     # One thread: with two, OpenMP spin-waits on a busy 2-core machine made generation ~80x slower (4.3 s vs 0.05 s).
     threads = torch.get_num_threads()
@@ -303,8 +303,9 @@ def tiny_policy_dir(tmp_path_factory):
     model, processor = load_model("tiny-qwen3")
     # H=1 and 9 bins keep generation to 14 tokens per query: the test is about the loop, not the model.
     stats = ActionStats(min=[-1.0] * 7, max=[1.0] * 7)
-    policy = Policy(model, processor, ActionCodec(stats, horizon=1, bins=9), PromptSpec(horizon=1, dim=7, bins=9),
-                    ImageSpec(image_size=64, crop_scale=1.0, color_jitter=False))
+    config = PolicyConfig(PromptSpec(horizon=1, dim=7, bins=9),
+                          ImageSpec(image_size=64, crop_scale=1.0, color_jitter=False), stats)
+    policy = Policy(config, model, processor)
     path = tmp_path_factory.mktemp("policy") / "final"
     save_policy_dir(policy, path)
     yield path
@@ -373,8 +374,10 @@ def test_typer_command(tmp_path):
     import typer
     from typer.testing import CliRunner
 
+    from tinyvla.cli.evaluate import evaluate as eval_command
+
     app = typer.Typer()
-    app.command("eval")(evaluate)
+    app.command("eval")(eval_command)
     app.command("noop")(lambda: None)  # two commands: `eval` stays a named sub-command, as in tinyvla's app
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "expert", "--suite", "blockfind", "--episodes-per-task", "1", "--tasks", "1-2",

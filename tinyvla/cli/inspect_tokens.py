@@ -71,7 +71,7 @@ def inspect_tokens(
     from tinyvla.core.grammar import ActionGrammar
     from tinyvla.core.masking import mask_action_tokens
     from tinyvla.recipe import load_recipe, recipe_from_dict, apply_overrides
-    from tinyvla.training.trainer import specs_from_recipe
+    from tinyvla.policy_dir import specs_from_recipe
 
     if text is not None and not text.strip():
         raise UserError("--text is empty: pass the model output to parse, e.g. --text \"500 500 500 ...\"")

@@ -19,6 +19,10 @@ class RandomPolicy:
     def __init__(self, dim: int = 7, seed: int = 0):
         self.dim, self.seed = dim, seed
         self.rngs: list[np.random.Generator] = []
+        self.config = {"baseline": "random", "low": -1.0, "high": 1.0}
+
+    def bind(self, slots) -> None:
+        pass
 
     def reset(self, num_envs: int = 1) -> None:
         self.rngs = [np.random.default_rng([self.seed, i]) for i in range(num_envs)]
@@ -35,9 +39,6 @@ class RandomPolicy:
         out[:, -1] = np.where(out[:, -1] > 0, 1.0, -1.0)
         return out
 
-    def config(self) -> dict:
-        return {"baseline": "random", "low": -1.0, "high": 1.0}
-
 
 class ExpertPolicy:
     """BlockFind's scripted expert. It reads the env's true state (privileged), so `bind(slots)` hands it the envs;
@@ -49,6 +50,7 @@ class ExpertPolicy:
         self.noise = noise
         self.slots = None
         self.rngs: list[np.random.Generator] = []
+        self.config = {"baseline": "expert", "noise": noise}
 
     def bind(self, slots) -> None:
         if not all(isinstance(s, LocalSlot) for s in slots):
@@ -69,7 +71,4 @@ class ExpertPolicy:
 
         env_ids = list(range(len(observations))) if env_ids is None else env_ids
         return np.stack([expert_action(self.slots[i].env, self.rngs[i], noise=self.noise) for i in env_ids])
-
-    def config(self) -> dict:
-        return {"baseline": "expert", "noise": self.noise}
 

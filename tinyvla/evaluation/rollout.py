@@ -21,6 +21,7 @@ import numpy as np
 from tinyvla.errors import UserError
 from tinyvla.evaluation.episodes import EpisodeSpec
 from tinyvla.evaluation.slots import describe_error
+from tinyvla.interface import PolicyInterface
 
 
 
@@ -58,7 +59,7 @@ def _act(policy, observations, instructions, env_ids):
     return actions, errors
 
 
-def run_episodes(episodes: list[EpisodeSpec], policy, slots: list, on_done: Callable[[dict], None],
+def run_episodes(episodes: list[EpisodeSpec], policy: PolicyInterface, slots: list, on_done: Callable[[dict], None],
                  video: Callable[[EpisodeSpec], object] | None = None, timeout: float | None = None,
                  close_slots: bool = True) -> dict:
     """Run every episode on the slots; call `on_done(record)` as each one finishes. Returns timing totals.
@@ -70,8 +71,7 @@ def run_episodes(episodes: list[EpisodeSpec], policy, slots: list, on_done: Call
     """
     queue = deque(episodes)
     n = len(slots)
-    if hasattr(policy, "bind"):
-        policy.bind(slots)
+    policy.bind(slots)
     policy.reset(n)
     active: list[_Active | None] = [None] * n
     resetting, stepping = set(), set()
@@ -92,8 +92,7 @@ def run_episodes(episodes: list[EpisodeSpec], policy, slots: list, on_done: Call
             return
         spec = take_for(i)
         policy.reset_env(i)
-        if hasattr(policy, "seed_env"):
-            policy.seed_env(i, spec.policy_seed)
+        policy.seed_env(i, spec.policy_seed)
         active[i] = _Active(spec, time.perf_counter())
         slots[i].send("reset", (spec.task_id, spec.reset_seed, spec.reset_options))
         resetting.add(i)
