@@ -21,7 +21,6 @@ drafts: judge acceptance on a trained policy.
 from __future__ import annotations
 
 import dataclasses
-import math
 import resource
 import statistics
 import time
@@ -382,9 +381,4 @@ def recipe_frames(recipe) -> tuple[int, str]:
 
 def total_steps(recipe, frames: int, processes: int = 1) -> int:
     """Optimizer steps the trainer will run (its own formula: whole micro-batches per process, per epoch)."""
-    cfg = recipe.train
-    if cfg.max_steps:
-        return int(cfg.max_steps)
-    per_rank = frames // max(1, processes)
-    steps_per_epoch = max(1, (per_rank // cfg.batch_size) // cfg.grad_accum)
-    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return recipe.train.total_steps(frames // max(1, processes))

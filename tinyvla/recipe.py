@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,15 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     out_dir: str | None = None  # None = runs/<recipe name>
+
+    def total_steps(self, frames_per_process: int) -> int:
+        """Optimizer steps a run takes: max_steps, else epochs x the whole accumulated batches of one process's share
+        of an epoch (the trainer drops an epoch's partial batch and partial accumulation). The trainer and the
+        bench / doctor estimates both use this."""
+        if self.max_steps:
+            return int(self.max_steps)
+        steps_per_epoch = max(1, (frames_per_process // self.batch_size) // self.grad_accum)
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 from tinyvla.core.atomic import write_json_atomic
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.errors import UserError
-from tinyvla.inputs import IGNORE
+from tinyvla.core.masking import IGNORE_INDEX
 from tinyvla.envs.suites import BLOCKFIND_SUITES
 from tinyvla.recipe import Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
@@ -63,14 +63,14 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     """
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t + 1
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     mask = batch["attention_mask"]
     right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all())
     drop = ("labels", "attention_mask") if right_padded else ("labels",)
     inputs = {k: v for k, v in batch.items() if k not in drop}
     logits = model(**inputs, logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
-                                             ignore_index=IGNORE)
+                                             ignore_index=IGNORE_INDEX)
 
 
 def build_model(recipe: Recipe, training: bool = True):
@@ -204,8 +204,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         persistent_workers=False,
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_steps = cfg.total_steps(sampler.per_rank())
 
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
