@@ -40,7 +40,6 @@ class Policy:
         self.grammar = ActionGrammar(config.prompt.horizon, config.prompt.dim, config.prompt.bins)
         self.constraint = TokenConstraint(self.grammar, vocab_from_tokenizer(processor.tokenizer),
                                           eos_ids=list(processor.eos_token_ids))
-        self.forward_passes = 0  # model forward calls made while predicting: the speed work's unit
         # Decoding totals since construction (the bench reads them): generate calls, chunks written, forward passes,
         # tokens written, draft tokens fed and kept.
         self.decode_stats = {"calls": 0, "chunks": 0, "passes": 0, "tokens": 0, "drafted": 0, "accepted": 0}
@@ -62,6 +61,11 @@ class Policy:
     @property
     def meta(self) -> dict:
         return self.config.meta
+
+    @property
+    def forward_passes(self) -> int:
+        """Model forward calls made while predicting (the speed work's unit): decode_stats["passes"]."""
+        return self.decode_stats["passes"]
 
     @property
     def speculative(self) -> bool:
@@ -121,19 +125,13 @@ class Policy:
                 self.decode_stats["drafted"] += stats.drafted
                 self.decode_stats["accepted"] += stats.accepted
             else:
-                from tinyvla.modeling.constrained import ActionLogitsProcessor
+                from tinyvla.modeling.constrained import constrained_generate_kwargs
 
-                out = self.model.generate(
-                    **batch,
-                    logits_processor=[ActionLogitsProcessor(self.constraint)],
-                    do_sample=False,
-                    max_new_tokens=self.grammar.max_chars + 1,
-                    eos_token_id=list(self.processor.eos_token_ids),
-                    pad_token_id=self.processor.pad_token_id,
-                    **self.config.decoding.generate_kwargs,
-                )
+                # Greedy whatever the checkpoint's generation_config says (real Qwen checkpoints default to sampling).
+                out = self.model.generate(**batch, do_sample=False, **self.config.decoding.generate_kwargs,
+                                          **constrained_generate_kwargs(self.constraint,
+                                                                        pad_token_id=self.processor.pad_token_id))
                 tokens = out[:, prompt_len:].tolist()
-        self.forward_passes += counter.calls
         eos = set(self.constraint.eos_ids)
         self.decode_stats["calls"] += 1
         self.decode_stats["chunks"] += len(tokens)
