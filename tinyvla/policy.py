@@ -8,7 +8,8 @@
 Inputs: both camera frames -> crop/resize/tile -> the VLA-0 chat. Model: constrained greedy decoding, so the output is
 always exactly H x D integers in 0..B. Outputs: parse -> decode with the saved action stats -> temporal ensembling.
 Everything about the format (prompt, images, stats, ensembling, decoding) is in `policy.config`, a
-`tinyvla.policy_dir.PolicyConfig`; this class knows nothing about disk. It implements `tinyvla.interface.PolicyInterface`.
+`tinyvla.policy_dir.PolicyConfig`; this class knows nothing about disk. It implements
+`tinyvla.interface.PolicyInterface`.
 """
 
 from __future__ import annotations

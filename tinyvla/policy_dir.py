@@ -1,4 +1,5 @@
-"""The policy format, one owner: `PolicyConfig` (what policy.json says) and the policy directory (save, load, init_from).
+"""The policy format, one owner: `PolicyConfig` (what policy.json says) and the policy directory (save, load,
+`model.init_from`).
 
     config = PolicyConfig.from_recipe(recipe, stats)          # training: the recipe decides
     config = PolicyConfig.from_json(json.loads(text))         # loading: policy.json decides (old files too)
