@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from tinyvla.core.atomic import write_json_atomic
-from tinyvla.core.prompt import PromptSpec
-from tinyvla.errors import UserError
 from tinyvla.core.masking import IGNORE_INDEX
+from tinyvla.core.prompt import PromptSpec
 from tinyvla.envs.suites import BLOCKFIND_SUITES
+from tinyvla.errors import UserError
 from tinyvla.recipe import Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
