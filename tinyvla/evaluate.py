@@ -176,9 +176,11 @@ def load_policy(ckpt: str, device: str | None = None, ensemble: str | None = Non
         raise UserError(f"policy not found: {ckpt} (pass a directory written by tinyvla train/export such as "
                         "runs/NAME/final, or a baseline: random, expert)")
     config, model, processor, source = load_policy_dir(ckpt, device=device)
-    if speculative is None:
+    if speculative is None:  # the recipe's choice, else the recipe default (a policy without a recipe)
+        from tinyvla.recipe import EvalConfig
+
         recipe_eval = (config.meta.get("recipe") or {}).get("eval") or {}
-        speculative = recipe_eval.get("speculative", True)
+        speculative = recipe_eval.get("speculative", EvalConfig.speculative)
     config = config.replace(ensemble=_ensemble_overrides(config, ensemble, ensemble_size, execute_horizon),
                             decoding={"speculative": speculative})
     return Policy(config, model, processor, source=source), checkpoint_identity(source)
