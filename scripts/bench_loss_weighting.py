@@ -37,6 +37,7 @@ def main() -> None:
     from pathlib import Path
 
     from tinyvla.inputs import mask_token_id
+    from tinyvla.policy_dir import PolicyConfig
     from tinyvla.recipe import load_recipe
     from tinyvla.training import trainer
     from tinyvla.training.data import ActionSampleDataset, load_training_data
@@ -51,10 +52,8 @@ def main() -> None:
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         model, processor = trainer.build_model(recipe)
-        prompt, image_spec = trainer.specs_from_recipe(recipe)
-        from tinyvla.core.codec import ActionCodec
-
-        codec = ActionCodec(data.stats, horizon=8, bins=recipe.actions.bins)
+        config = PolicyConfig.from_recipe(recipe, data.stats)
+        prompt, image_spec, codec = config.prompt, config.image, config.codec()
         dataset = ActionSampleDataset(data.reader, codec, processor, prompt, image_spec, train=True, seed=seed,
                                       mask_prob=0.4, mask_token_id=mask_token_id(processor, recipe.actions.mask_char))
         rng = np.random.default_rng(seed)

@@ -15,8 +15,8 @@ import yaml
 from accelerate import Accelerator
 from torch.distributed.device_mesh import init_device_mesh
 
-from tinyvla.core.codec import ActionCodec
 from tinyvla.policy import Policy
+from tinyvla.policy_dir import PolicyConfig
 from tinyvla.recipe import load_recipe
 from tinyvla.training import trainer
 from tinyvla.training.data import ActionSampleDataset, load_training_data
@@ -39,8 +39,8 @@ def main(recipe_path: str, mode: str, out_dir: str) -> None:
     local = sum(p.to_local().numel() for p in model.parameters())
 
     data = load_training_data(recipe, log=lambda *a, **k: None)
-    prompt, image_spec = trainer.specs_from_recipe(recipe)
-    codec = ActionCodec(data.stats, horizon=prompt.horizon, bins=prompt.bins, gripper_dim=recipe.actions.gripper_dim)
+    config = PolicyConfig.from_recipe(recipe, data.stats)
+    prompt, image_spec, codec = config.prompt, config.image, config.codec()
     dataset = ActionSampleDataset(data.reader, codec, processor, prompt, image_spec, train=True, seed=0)
     frames = data.train_frames[rank::world][:4]
     micro = [processor.collate([dataset[(int(f), 0)] for f in frames[i:i + 2]], padding_side="right")
@@ -53,7 +53,7 @@ def main(recipe_path: str, mode: str, out_dir: str) -> None:
     optimizer.zero_grad()
 
     model.eval()
-    policy = Policy(model, processor, codec, prompt, image_spec, ensemble=trainer._ensemble_cfg(recipe))
+    policy = Policy(config, model, processor)
     if mode == "rank0-only" and rank != 0:  # the old trainer: evaluation on rank 0 alone
         dist.barrier()
         result = None
