@@ -284,7 +284,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
     log(f"  {world} process{'es' if world > 1 else ''} ({accelerator.distributed_type.value}, backend {backend}); "
         f"data: {sampler.per_rank():,} frames per process per epoch"
-        f"{f' (process r reads every {world}th frame of the shuffled epoch from position r)' if world > 1 else ''}; "
+        f"{f' (process r reads positions r, r+{world}, r+{2 * world}, ... of the shuffled epoch)' if world > 1 else ''}; "
         f"{n_params / 1e6:.2f} M params ({n_train / 1e6:.2f} M trainable), "
         f"{len(data.val_frames)} frames held out; precision {cfg.precision} (weights {training_dtype(recipe)}, "
         f"autocast {mixed_precision(cfg)}), optimizer {cfg.optimizer}")
