@@ -17,6 +17,9 @@ however the step is split into processes and accumulation steps (see `train_step
 Multi-process: `accelerate launch --multi_gpu --num_processes N -m tinyvla.cli.main train RECIPE` or
 `torchrun --nproc_per_node N -m tinyvla.cli.main train RECIPE` (both work on CPU with gloo too). Beware
 `accelerate launch --cpu --num_processes 2`: accelerate starts ONE process for it, without a word.
+
+(Over 400 lines: the loop, its step, loss and precision choices read best together; the run plan, memory estimate
+and FSDP units live in training/plan.py, memory.py and fsdp.py.)
 """
 
 from __future__ import annotations
