@@ -123,11 +123,15 @@ def policy_from_recipe(recipe, device: str | None = None, dtype: str | None = No
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer, device=device)
     prompt, image_spec = specs_from_recipe(recipe)
+    from tinyvla.modeling.constrained import DecodingSettings
+
     image_spec = ImageSpec(image_size=image_spec.image_size, crop_scale=image_spec.crop_scale, color_jitter=False,
                            tile_views=image_spec.tile_views)
     stats = ActionStats(min=[-1.0] * recipe.actions.dim, max=[1.0] * recipe.actions.dim)
     codec = ActionCodec(stats, horizon=prompt.horizon, bins=prompt.bins, gripper_dim=recipe.actions.gripper_dim)
-    return Policy(model, processor, codec, prompt, image_spec, ensemble=_ensemble_cfg(recipe))
+    policy = Policy(model, processor, codec, prompt, image_spec, ensemble=_ensemble_cfg(recipe))
+    policy.decoding = DecodingSettings(repetition_penalty=recipe.eval.repetition_penalty)
+    return policy
 
 
 # ------------------------------------------------------------------------------------------------------------------

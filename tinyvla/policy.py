@@ -55,6 +55,11 @@ class Policy:
         # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
         # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
         self.generate_kwargs: dict = {}
+        # Decoding settings (repetition penalty ...): explicit, never the model's generation_config; both decoding
+        # paths honour them. policy_from_config sets them from policy.json / the recipe's eval section.
+        from tinyvla.modeling.constrained import DecodingSettings
+
+        self.decoding = DecodingSettings()
         self._ensembler: BatchEnsembler | None = None
         self._steps: list[int] = []
         self._last_codes: dict[int, tuple[int, np.ndarray]] = {}  # env -> (query step, (H, D) int codes)
@@ -98,7 +103,8 @@ class Policy:
                 tokens, stats = speculative_generate(
                     self.model, batch, self.constraint, list(draft), self.processor.encode_action_text,
                     eos_draft_id=self.processor.end_of_turn_ids[0], pad_token_id=self.processor.pad_token_id,
-                    max_new_tokens=self.grammar.max_chars + 1, **self.spec_options)
+                    max_new_tokens=self.grammar.max_chars + 1,
+                    repetition_penalty=self.decoding.repetition_penalty, **self.spec_options)
                 self.decode_stats["drafted"] += stats.drafted
                 self.decode_stats["accepted"] += stats.accepted
             else:
@@ -107,7 +113,7 @@ class Policy:
                 out = self.model.generate(
                     **batch,
                     logits_processor=[ActionLogitsProcessor(self.constraint)],
-                    do_sample=False,
+                    **self.decoding.generate_kwargs(),
                     max_new_tokens=self.grammar.max_chars + 1,
                     eos_token_id=list(self.processor.eos_token_ids),
                     pad_token_id=self.processor.pad_token_id,
@@ -198,7 +204,9 @@ class Policy:
             "bins": self.prompt.bins,
             "system_prompt": self.prompt.system,
             "instruction_position": self.prompt.instruction_position,
+            "vision_id": self.prompt.vision_id,
             "image": self.image_spec.to_dict(),
+            "decoding": self.decoding.to_dict(),
             "action_stats": self.codec.stats.to_dict(),
             "per_task_bounds": self.codec.per_task_bounds,
             "gripper_dim": self.codec.gripper_dim,
@@ -240,14 +248,27 @@ def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) ->
         raise UserError(f"policy.json: instruction_position {position!r} is not one of "
                         f"{', '.join(INSTRUCTION_POSITIONS)}; the file was edited by hand")
     prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
-                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position)
+                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
+                        vision_id=bool(cfg.get("vision_id", False)))
     if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
         raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
-    image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")
-                              if k in cfg["image"]})
+    image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views",
+                                                            "jitter_per_view") if k in cfg["image"]})
     codec = ActionCodec(stats, horizon=cfg["horizon"], bins=cfg["bins"], per_task_bounds=cfg.get("per_task_bounds", False),
                         gripper_dim=cfg.get("gripper_dim", 6))
-    return Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)
+    policy = Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)
+    policy.decoding = decoding_from_config(cfg)
+    return policy
+
+
+def decoding_from_config(cfg: dict):
+    """policy.json's decoding settings; the recipe's eval.repetition_penalty where policy.json predates them."""
+    from tinyvla.modeling.constrained import DecodingSettings
+
+    if "decoding" in cfg:
+        return DecodingSettings.from_dict(cfg["decoding"])
+    recipe_eval = (cfg.get("recipe") or {}).get("eval") or {}
+    return DecodingSettings(repetition_penalty=float(recipe_eval.get("repetition_penalty", 1.0)))
 
 
 def read_policy_json(path: Path) -> dict:

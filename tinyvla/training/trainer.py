@@ -31,6 +31,7 @@ from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
 from tinyvla.inputs import IGNORE
+from tinyvla.modeling.constrained import DecodingSettings
 from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
@@ -77,9 +78,9 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_position=d.instruction_position),
+                       instruction_position=d.instruction_position, vision_id=d.vision_id),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
-                      tile_views=d.tile_views))
+                      tile_views=d.tile_views, jitter_per_view=d.jitter_per_view))
 
 
 def build_model(recipe: Recipe, training: bool = True):
@@ -250,6 +251,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
             policy = Policy(accelerator.unwrap_model(model), processor, codec, prompt, image_spec,
                             ensemble=_ensemble_cfg(recipe), meta=_policy_meta(recipe, data))
             policy.speculative = recipe.eval.speculative  # same actions, fewer forward passes: a faster probe
+            policy.decoding = DecodingSettings(repetition_penalty=recipe.eval.repetition_penalty)
             policy_cache.append(policy)
         return policy_cache[0]
 
