@@ -195,6 +195,14 @@ class Policy:
         return self.act_batch([observation], [instruction])[0]
 
     # -- description ------------------------------------------------------------------------------------------------
+    def protocol(self) -> dict:
+        """What results.json records about this policy's side of an evaluation: decoding (and whether the
+        speculative path ran: same text), the training-time colour jitter, the prompt's vision ids."""
+        jitter = "off" if not self.image_spec.color_jitter else (
+            "per_view" if self.image_spec.jitter_per_view else "shared")
+        return {"decoding": {**self.decoding.to_dict(), "speculative": bool(self.speculative)},
+                "training_color_jitter": jitter, "vision_id": self.prompt.vision_id}
+
     def config(self) -> dict:
         """What policy.json records about how this policy reads and writes."""
         return {

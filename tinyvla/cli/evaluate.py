@@ -45,6 +45,7 @@ def evaluate(
     offline: Annotated[bool, typer.Option("--offline", help="Action error on held-out dataset episodes instead of rollouts.")] = False,
     repo: Annotated[Optional[str], typer.Option(help="--offline: the dataset (LeRobot dir or raw LIBERO HDF5 folder).")] = None,
     offline_frames: Annotated[int, typer.Option(help="--offline: frames to score (sampled from the held-out episodes).")] = 256,
+    seeding: Annotated[str, typer.Option(help="LIBERO: per_task (seed once per task, init states in order: the official VLA-0 / openpi protocol) or per_episode (re-seed before every episode).")] = "per_task",
     speculative: Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding: the same actions with far fewer forward passes (default: the recipe's eval.speculative).")] = None,
 ):
     """Closed-loop success in BlockFind or LIBERO, with a per-task table, results.json, resumable episodes.jsonl."""
@@ -80,7 +81,7 @@ def evaluate(
         raise UserError("LIBERO has no scripted expert; evaluate a policy directory or the random baseline")
     # The cheap checks first: a bad task list should not wait for a model to load.
     setup = rollout.setup_suite(suite, seed=seed, max_steps=max_steps, wait_steps=wait_steps, resolution=resolution,
-                                rotate_180=rotate, snap_gripper=snap_gripper)
+                                rotate_180=rotate, snap_gripper=snap_gripper, seeding=seeding)
     task_ids = rollout.parse_tasks(tasks, len(setup.tasks))
     episodes = rollout.episode_list(setup, task_ids, episodes_per_task)
 
@@ -131,6 +132,8 @@ def evaluate(
         "num_envs": n_envs,
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "ensemble": ens,
+        # how the policy decodes and what it was trained with (decoding, colour jitter, prompt): Policy.protocol()
+        **(policy.protocol() if hasattr(policy, "protocol") else {}),
     }
     results = {
         "suite": suite,

@@ -14,7 +14,8 @@ Both speak the same tiny protocol (`send(cmd, arg)` then `recv()`), so the loop 
 
 Episodes are deterministic in their ids, whatever env slot or shard runs them and whatever ran before: BlockFind
 episodes reset with a seed derived from (protocol seed, task, episode); LIBERO episodes use stored init state
-`episode` and re-seed the simulator with the protocol seed at every reset. That is what makes `--shard` and resuming
+`episode` and start from the simulator RNG state of the official order (seeded once per task, init states in order;
+envs/libero.py replays it when a worker runs them otherwise), or re-seed at every reset (`seeding=per_episode`). That is what makes `--shard` and resuming
 give the same table as one uninterrupted run.
 
 Nothing here imports torch: a policy is anything with `reset(n)`, `reset_env(i)` and
@@ -100,7 +101,8 @@ class SuiteSetup:
 
 
 def setup_suite(suite: str, seed: int | None = None, max_steps: int | None = None, wait_steps: int | None = None,
-                resolution: int | None = None, rotate_180: bool = True, snap_gripper: bool = True) -> SuiteSetup:
+                resolution: int | None = None, rotate_180: bool = True, snap_gripper: bool = True,
+                seeding: str = "per_task") -> SuiteSetup:
     """Resolve a suite name and the protocol overrides into tasks + a recorded protocol + an env factory."""
     check_suite(suite)
     seed = DEFAULT_SEED if seed is None else int(seed)
@@ -130,7 +132,7 @@ def setup_suite(suite: str, seed: int | None = None, max_steps: int | None = Non
     p = libero.LiberoProtocol(seed=seed, max_steps=max_steps,
                               wait_steps=libero.LiberoProtocol.wait_steps if wait_steps is None else int(wait_steps),
                               resolution=int(resolution or libero.LiberoProtocol.resolution),
-                              rotate_180=rotate_180, snap_gripper=snap_gripper).resolved(suite)
+                              rotate_180=rotate_180, snap_gripper=snap_gripper, seeding=seeding).resolved(suite)
     tasks = libero.list_tasks(suite)  # imports the simulator: a missing install fails here with the install hint
     n_init = libero.num_init_states(suite, 0)
     protocol = {k: v for k, v in p.to_dict().items() if k != "init_state_indices"}
@@ -213,8 +215,10 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
         for e in range(episodes_per_task):
             pseed = episode_seed(seed, t, e)
             if setup.libero:
-                # Re-seeding at every reset makes an episode independent of what the worker ran before.
-                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=seed, reset_options={"init_state_index": e},
+                # per_episode: re-seeded at every reset; per_task (official): the env replays the official order
+                # itself (envs/libero.py), so either way an episode does not depend on what its worker ran before.
+                reset_seed = seed if setup.protocol.get("seeding") == "per_episode" else None
+                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=reset_seed, reset_options={"init_state_index": e},
                                        policy_seed=pseed, init_state_index=e))
             else:
                 options = None
