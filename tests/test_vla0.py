@@ -251,3 +251,76 @@ def test_import_user_errors(tmp_path):
     with pytest.raises(UserError, match="1 unknown .*layers.9"):
         import_vla0(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------ LIBERO
+def _libero():
+    from tinyvla.envs import libero as L
+
+    if not L.libero_installed():
+        pytest.skip("LIBERO simulator not installed (bash scripts/install-sim.sh)")
+    return L
+
+
+def _rng_state():
+    """numpy's global RNG state (LIBERO's seed() and object placement use it): key words and position."""
+    _, key, pos, *_ = np.random.get_state()
+    return key.tobytes(), int(pos)
+
+
+@pytest.mark.libero
+@pytest.mark.slow  # one env, four hard resets: ~30 s on 2 busy cores
+def test_per_task_seeding_replays_the_official_order():
+    """Init state 1 starts from the same simulator RNG state (and scene) whether its env just ran init state 0 (the
+    official order) or has to replay it; per-episode seeding starts it elsewhere."""
+    L = _libero()
+    with L.LiberoEnv("libero_object", 0, L.LiberoProtocol(max_steps=3, wait_steps=2)) as env:
+        env.reset(options={"init_state_index": 0})
+        for _ in range(3):
+            env.step([0, 0, 0.5, 0, 0, 0, -1])  # stepping draws nothing from the RNG the resets use
+        obs, info = env.reset(options={"init_state_index": 1})
+        in_order = _rng_state()
+        assert info["resets_replayed"] == 0
+        obs2, info2 = env.reset(options={"init_state_index": 1})  # out of order: replays seed + init state 0
+        assert info2["resets_replayed"] == 1
+        assert _rng_state() == in_order
+        assert np.array_equal(obs["image"], obs2["image"])
+        env.reset(seed=7, options={"init_state_index": 1})  # per_episode
+        assert _rng_state() != in_order
+
+
+@pytest.mark.libero
+@pytest.mark.slow  # import + one 3-step LIBERO episode
+def test_imported_vla0_policy_runs_in_libero_and_results_record_the_protocol(tmp_path):
+    _libero()
+    from tinyvla.cli.evaluate import evaluate
+    from tinyvla.vla0 import import_vla0
+
+    model, processor = _tiny_vla0_model()
+    run = _official_checkpoint(tmp_path, model, processor, weights_in_pth=False)
+    policy_dir = import_vla0(run, tmp_path / "policy")
+    out = tmp_path / "eval"
+    evaluate(str(policy_dir), suite="libero_object", episodes_per_task=1, tasks="0", max_steps=3, out=out)
+    saved = json.loads((out / "results.json").read_text())
+    p = saved["protocol"]
+    assert p["seeding"] == "per_task" and p["seed"] == 7
+    assert p["decoding"] == {"method": "constrained_greedy", "repetition_penalty": 1.0, "speculative": True}
+    assert p["training_color_jitter"] == "shared" and p["vision_id"] is True
+    assert saved["episodes"] == 1 and saved["errors"] == 0
+
+
+def test_seeding_choice_reaches_the_episodes():
+    """per_task: LIBERO episodes reset without a seed (the env keeps the official order); per_episode: with it."""
+    from tinyvla.evaluation.rollout import EnvFactory, SuiteSetup, episode_list
+    from tinyvla.recipe import recipe_from_dict
+
+    for seeding, reset_seed in (("per_task", None), ("per_episode", 7)):
+        setup = SuiteSetup("libero_object", ["task a", "task b"], {"seed": 7, "seeding": seeding},
+                           EnvFactory("libero_object", {}), init_states_per_task=50)
+        episodes = episode_list(setup, [0, 1], 3)
+        assert [e.init_state_index for e in episodes] == [0, 1, 2, 0, 1, 2]
+        assert {e.reset_seed for e in episodes} == {reset_seed}
+    with pytest.raises(UserError, match="eval.seeding: 'per_run' is not one of per_task, per_episode"):
+        recipe_from_dict({"eval": {"seeding": "per_run"}})
+    with pytest.raises(UserError, match="eval.repetition_penalty must be > 0"):
+        recipe_from_dict({"eval": {"repetition_penalty": 0}})
