@@ -266,7 +266,6 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
     import torch
     from transformers import AutoConfig
 
-    from tinyvla.core.atomic import atomic_dir
     from tinyvla.core.codec import ActionCodec
     from tinyvla.core.prompt import PromptSpec
     from tinyvla.data.transforms import ImageSpec
@@ -318,12 +317,14 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
     weights_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     config.dtype = str(weights_dtype).replace("torch.", "")
 
-    gen_file = hf_dir / "generation_config.json" if hf_dir is not None else None
-    generation = json.loads(gen_file.read_text()) if gen_file is not None and gen_file.is_file() else {}
+    gen_file = (hf_dir if hf_dir is not None else local) / "generation_config.json"
+    generation = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
     if repetition_penalty is None:
         # The official eval decodes greedily through `generate`, which still applies the checkpoint's
         # generation_config repetition penalty: keep it, so the import decodes as the official eval did.
         repetition_penalty = float(generation.get("repetition_penalty", 1.0))
+    if not repetition_penalty > 0:
+        raise UserError(f"--repetition-penalty must be > 0 (1.0 = none), got {repetition_penalty}")
     decoding = DecodingSettings(repetition_penalty=repetition_penalty)
 
     prompt = PromptSpec(horizon=settings["horizon"], dim=settings["dim"], bins=settings["bins"],
@@ -341,7 +342,12 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
         _save_safetensors(state, model_dir / "model.safetensors")
         processor.save_pretrained(model_dir)
         del state
-        model, processor = load_policy_model(model_dir, dtype=config.dtype)
+        try:
+            model, processor = load_policy_model(model_dir, dtype=config.dtype)
+        except (RuntimeError, ValueError) as err:  # e.g. a tensor whose shape the config does not have
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"the converted weights do not load into {config.model_type} ({first}); "
+                            "a differently sized checkpoint needs --base pointing at its base model") from None
         codec = ActionCodec(stats, horizon=prompt.horizon, bins=prompt.bins, gripper_dim=prompt.dim - 1)
         policy = Policy(model, processor, codec, prompt, image_spec,
                         ensemble={"weighting": "vla0", "max_chunks": 8, "exp_w": 0.5, "execute_horizon": 1})
