@@ -62,21 +62,20 @@ def test_inspect_tokens_prompt_ids_equal_the_qwen25_template(capsys):
 
     recipe = str(ROOT / "recipes" / "qwen2.5-3b-8xa100.yaml")
     instruction = "put the black bowl on the plate"
-    reports = {}
-    for flag in ("true", "false"):
-        assert main(["inspect-tokens", recipe, "--set", f"data.vision_id={flag}", "--json"]) == 0
-        reports[flag] = json.loads(capsys.readouterr().out)
+    assert main(["inspect-tokens", recipe, "--set", "data.vision_id=true", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["vision_id"] is True and report["instruction"] == instruction
     tok = qwen_tokenizer()
-    on = reports["true"]
-    assert on["vision_id"] is True and on["instruction"] == instruction
-    text = tok.apply_chat_template(_messages(instruction), chat_template=TEMPLATE, tokenize=False,
-                                   add_generation_prompt=True, add_vision_id=True)
-    n_image = on["counts"]["vision"] - 2  # the image pads between vision_start and vision_end
-    expected = tok(text.replace("<|image_pad|>", "<|image_pad|>" * n_image), add_special_tokens=False)["input_ids"]
-    assert on["prompt_ids"] == expected
-    assert len(on["prompt_ids"]) - len(reports["false"]["prompt_ids"]) == 5
-    assert tok.decode(on["prompt_ids"][:40]).count("Picture 1: ") == 0  # after the system turn, before the image
-    assert "Picture 1: <|vision_start|>" in tok.decode(on["prompt_ids"])
+    n_image = report["counts"]["vision"] - 2  # the image pads between vision_start and vision_end
+
+    def template_ids(vision_id):
+        text = tok.apply_chat_template(_messages(instruction), chat_template=TEMPLATE, tokenize=False,
+                                       add_generation_prompt=True, add_vision_id=vision_id)
+        return tok(text.replace("<|image_pad|>", "<|image_pad|>" * n_image), add_special_tokens=False)["input_ids"]
+
+    assert report["prompt_ids"] == template_ids(True)
+    assert len(template_ids(True)) - len(template_ids(False)) == 5
+    assert "<|im_start|>user\nPicture 1: <|vision_start|>" in tok.decode(report["prompt_ids"])
 
 
 # --------------------------------------------------------------------------------------------------------- jitter
