@@ -260,8 +260,10 @@ def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) ->
                         vision_id=bool(cfg.get("vision_id", False)))
     if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
         raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
-    image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views",
-                                                            "jitter_per_view") if k in cfg["image"]})
+    image = dict(cfg["image"])
+    image.setdefault("jitter_per_view", True)  # written before the option existed: each view drew its own jitter
+    image_spec = ImageSpec(**{k: image[k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views",
+                                                    "jitter_per_view") if k in image})
     codec = ActionCodec(stats, horizon=cfg["horizon"], bins=cfg["bins"], per_task_bounds=cfg.get("per_task_bounds", False),
                         gripper_dim=cfg.get("gripper_dim", 6))
     policy = Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)
