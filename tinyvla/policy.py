@@ -275,10 +275,13 @@ def decoding_from_config(cfg: dict):
     """policy.json's decoding settings; the recipe's eval.repetition_penalty where policy.json predates them."""
     from tinyvla.modeling.constrained import DecodingSettings
 
-    if "decoding" in cfg:
-        return DecodingSettings.from_dict(cfg["decoding"])
     recipe_eval = (cfg.get("recipe") or {}).get("eval") or {}
-    return DecodingSettings(repetition_penalty=float(recipe_eval.get("repetition_penalty", 1.0)))
+    try:
+        if "decoding" in cfg:
+            return DecodingSettings.from_dict(cfg["decoding"])
+        return DecodingSettings(repetition_penalty=float(recipe_eval.get("repetition_penalty", 1.0)))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"policy.json: bad decoding settings ({err}); the file was edited by hand") from None
 
 
 def read_policy_json(path: Path) -> dict:

@@ -15,8 +15,8 @@ Both speak the same tiny protocol (`send(cmd, arg)` then `recv()`), so the loop 
 Episodes are deterministic in their ids, whatever env slot or shard runs them and whatever ran before: BlockFind
 episodes reset with a seed derived from (protocol seed, task, episode); LIBERO episodes use stored init state
 `episode` and start from the simulator RNG state of the official order (seeded once per task, init states in order;
-envs/libero.py replays it when a worker runs them otherwise), or re-seed at every reset (`seeding=per_episode`). That is what makes `--shard` and resuming
-give the same table as one uninterrupted run.
+envs/libero.py replays it when a worker runs them otherwise), or re-seed at every reset (`seeding=per_episode`).
+That is what makes `--shard` and resuming give the same table as one uninterrupted run.
 
 Nothing here imports torch: a policy is anything with `reset(n)`, `reset_env(i)` and
 `act_batch(observations, instructions, env_ids)` (tinyvla.Policy, or the baselines below).
@@ -218,8 +218,8 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
                 # per_episode: re-seeded at every reset; per_task (official): the env replays the official order
                 # itself (envs/libero.py), so either way an episode does not depend on what its worker ran before.
                 reset_seed = seed if setup.protocol.get("seeding") == "per_episode" else None
-                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=reset_seed, reset_options={"init_state_index": e},
-                                       policy_seed=pseed, init_state_index=e))
+                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=reset_seed,
+                                       reset_options={"init_state_index": e}, policy_seed=pseed, init_state_index=e))
             else:
                 options = None
                 if setup.suite == "blockfind":
