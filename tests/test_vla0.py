@@ -319,6 +319,10 @@ def test_seeding_choice_reaches_the_episodes():
         episodes = episode_list(setup, [0, 1], 3)
         assert [e.init_state_index for e in episodes] == [0, 1, 2, 0, 1, 2]
         assert {e.reset_seed for e in episodes} == {reset_seed}
+    from tinyvla.evaluation.rollout import setup_suite
+
+    with pytest.raises(UserError, match="--seeding 'per_run': choose per_task"):
+        setup_suite("blockfind-reach", seeding="per_run")
     with pytest.raises(UserError, match="eval.seeding: 'per_run' is not one of per_task, per_episode"):
         recipe_from_dict({"eval": {"seeding": "per_run"}})
     with pytest.raises(UserError, match="eval.repetition_penalty must be > 0"):

@@ -105,6 +105,8 @@ def setup_suite(suite: str, seed: int | None = None, max_steps: int | None = Non
                 seeding: str = "per_task") -> SuiteSetup:
     """Resolve a suite name and the protocol overrides into tasks + a recorded protocol + an env factory."""
     check_suite(suite)
+    if seeding not in ("per_task", "per_episode"):
+        raise UserError(f"--seeding {seeding!r}: choose per_task (the official protocol) or per_episode")
     seed = DEFAULT_SEED if seed is None else int(seed)
     if not is_libero(suite):
         from tinyvla.envs import blockfind
