@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyvla.core.codec import ActionCodec, ActionStats
+from tinyvla.core.codec import ActionStats
 from tinyvla.core.grammar import FINISHED, ActionGrammar
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
@@ -18,9 +18,10 @@ H, D, B = 4, 7, 1000
 INSTRUCTIONS = ["pick up the red block", "pick up the blue block", "pick up the yellow block now"]
 
 
-def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0):
+def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0, speculative: bool = False):
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
+    from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
     torch.manual_seed(seed)
     model, processor = load_model(name)
@@ -31,9 +32,9 @@ def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0):
         for p in model.parameters():
             if p.ndim >= 2:
                 p.mul_(scale)
-    codec = ActionCodec(ActionStats(min=[-1.0] * D, max=[1.0] * D), horizon=H, bins=bins)
-    return Policy(model, processor, codec, PromptSpec(H, D, bins), ImageSpec(image_size=64, crop_scale=0.9,
-                                                                              color_jitter=False))
+    config = PolicyConfig(PromptSpec(H, D, bins), ImageSpec(image_size=64, crop_scale=0.9, color_jitter=False),
+                          ActionStats(min=[-1.0] * D, max=[1.0] * D), decoding=DecodingConfig(speculative=speculative))
+    return Policy(config, model, processor)
 
 
 @pytest.fixture(scope="module", params=["tiny-qwen3", "tiny-qwen2.5"])
@@ -167,8 +168,7 @@ def test_closed_loop_same_actions_fewer_passes():
 
 def test_policy_drafts_from_previous_chunk():
     torch.set_num_threads(1)
-    policy = make_policy("tiny-qwen3", seed=3, scale=1.0)
-    policy.speculative = True
+    policy = make_policy("tiny-qwen3", seed=3, scale=1.0, speculative=True)
     policy.reset(2)
     rng = np.random.default_rng(4)
     obs = [{"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
@@ -185,10 +185,8 @@ def test_policy_drafts_from_previous_chunk():
 
 # ------------------------------------------------------------------------------------------------------ decoding settings
 def test_repetition_penalty_speculative_equals_greedy_and_generation_config_is_ignored(policy):
-    """Decoding follows the policy's settings only: a repetition penalty in the model's generation_config changes
-    nothing; the policy's own penalty changes the text, and the speculative path writes that same text."""
-    from tinyvla.modeling.constrained import DecodingSettings
-
+    """Decoding follows the policy's DecodingConfig only: a repetition penalty in the model's generation_config
+    changes nothing; the policy's own penalty changes the text, and the speculative path writes that same text."""
     rng = np.random.default_rng(3)
     ims, wrs, ins = observations(rng, 4)
     plain = policy.generate_text(ims, wrs, ins)
@@ -198,13 +196,12 @@ def test_repetition_penalty_speculative_equals_greedy_and_generation_config_is_i
         assert policy.generate_text(ims, wrs, ins) == plain
     finally:
         policy.model.generation_config.repetition_penalty = saved
-    policy.decoding = DecodingSettings(repetition_penalty=3.0)
-    try:
+    with policy.decoding(repetition_penalty=3.0):
         penalized = policy.generate_text(ims, wrs, ins)
         assert penalized != plain  # the setting is applied, not ignored
         codes = [policy.codec.parse(t) for t in penalized]
+        # left padding differs per row (instructions of different lengths): the penalty skips it, as generate does
         drafts = [codes[0], shift_chunk(codes[1], 1), rng.integers(0, B + 1, (H, D)), None]
         assert policy.generate_text(ims, wrs, ins, draft=drafts) == penalized
-    finally:
-        policy.decoding = DecodingSettings()
-    assert DecodingSettings(1.05).to_dict() == {"method": "constrained_greedy", "repetition_penalty": 1.05}
+        assert policy.config.decoding.record() == {"method": "constrained_greedy", "repetition_penalty": 3.0,
+                                                   "speculative": policy.speculative}

@@ -177,6 +177,9 @@ def test_import_round_trip_same_logits(tmp_path, capsys, weights_in_pth):
 
     model, processor = _tiny_vla0_model()
     run = _official_checkpoint(tmp_path, model, processor, weights_in_pth)
+    if not weights_in_pth:  # as Qwen2.5-VL-3B-Instruct's generation_config.json, which the official eval applies
+        gen = json.loads((run / "model_last" / "generation_config.json").read_text())
+        (run / "model_last" / "generation_config.json").write_text(json.dumps({**gen, "repetition_penalty": 1.05}))
     out = tmp_path / "policy"
     assert main(["import", "vla0", str(run), "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -188,6 +191,11 @@ def test_import_round_trip_same_logits(tmp_path, capsys, weights_in_pth):
     assert cfg["image"] == {"image_size": SIDE, "crop_scale": 0.875, "color_jitter": True, "tile_views": True,
                             "jitter_per_view": False}
     assert cfg["recipe"]["eval"]["seeding"] == "per_task"
+    penalty = 1.0 if weights_in_pth else 1.05
+    assert cfg["recipe"]["eval"]["repetition_penalty"] == penalty
+    from tinyvla.evaluate import load_policy
+
+    assert load_policy(str(out), device="cpu")[0].config.decoding.repetition_penalty == penalty  # what eval uses
 
     policy = Policy.from_pretrained(out, device="cpu")
     image, wrist = _observation(1)
@@ -295,7 +303,7 @@ def test_per_task_seeding_replays_the_official_order():
 @pytest.mark.slow  # import + one 3-step LIBERO episode
 def test_imported_vla0_policy_runs_in_libero_and_results_record_the_protocol(tmp_path):
     _libero()
-    from tinyvla.cli.evaluate import evaluate
+    from tinyvla.evaluate import evaluate
     from tinyvla.vla0 import import_vla0
 
     model, processor = _tiny_vla0_model()
@@ -313,7 +321,8 @@ def test_imported_vla0_policy_runs_in_libero_and_results_record_the_protocol(tmp
 
 def test_seeding_choice_reaches_the_episodes():
     """per_task: LIBERO episodes reset without a seed (the env keeps the official order); per_episode: with it."""
-    from tinyvla.evaluation.rollout import EnvFactory, SuiteSetup, episode_list
+    from tinyvla.envs.suites import EnvFactory, SuiteSetup, setup_suite
+    from tinyvla.evaluation.episodes import episode_list
     from tinyvla.recipe import recipe_from_dict
 
     for seeding, reset_seed in (("per_task", None), ("per_episode", 7)):
@@ -322,8 +331,6 @@ def test_seeding_choice_reaches_the_episodes():
         episodes = episode_list(setup, [0, 1], 3)
         assert [e.init_state_index for e in episodes] == [0, 1, 2, 0, 1, 2]
         assert {e.reset_seed for e in episodes} == {reset_seed}
-    from tinyvla.evaluation.rollout import setup_suite
-
     with pytest.raises(UserError, match="--seeding 'per_run': choose per_task"):
         setup_suite("blockfind-reach", seeding="per_run")
     with pytest.raises(UserError, match="eval.seeding: 'per_run' is not one of per_task, per_episode"):

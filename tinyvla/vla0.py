@@ -266,15 +266,11 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
     import torch
     from transformers import AutoConfig
 
-    from tinyvla.core.codec import ActionCodec
-    from tinyvla.core.prompt import PromptSpec
-    from tinyvla.data.transforms import ImageSpec
     from tinyvla.modeling import registry
-    from tinyvla.modeling.constrained import DecodingSettings
     from tinyvla.modeling.loading import DTYPES, load_policy_model
     from tinyvla.modeling.processor import VLAProcessor
     from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
 
     src, out = Path(src).expanduser(), Path(out)
     if not src.is_dir():
@@ -295,27 +291,27 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
     model_source = str(hf_dir) if hf_dir is not None else (base or settings["base_model"])
     local = Path(model_source).expanduser()
     try:
-        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else model_source, trust_remote_code=False)
+        hf_config = AutoConfig.from_pretrained(str(local) if local.is_dir() else model_source, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise UserError(f"could not read the model config from {model_source!r} ({type(err).__name__}); pass "
                         "--base DIR with the base model's files (config.json, tokenizer, preprocessor)") from None
-    if config.model_type != "qwen2_5_vl":
-        raise UserError(f"{model_source}: model_type {config.model_type!r}; VLA-0 checkpoints are Qwen2.5-VL")
+    if hf_config.model_type != "qwen2_5_vl":
+        raise UserError(f"{model_source}: model_type {hf_config.model_type!r}; VLA-0 checkpoints are Qwen2.5-VL")
     processor = VLAProcessor.from_pretrained(str(local) if local.is_dir() else model_source)
 
     state = to_current_layout(state)
-    cls = registry.model_class(config)
+    cls = registry.model_class(hf_config)
     with torch.device("meta"):
-        expected = set(cls._from_config(config).state_dict())
-    tied = bool(getattr(config, "tie_word_embeddings", False) or
-                getattr(getattr(config, "text_config", None), "tie_word_embeddings", False))
+        expected = set(cls._from_config(hf_config).state_dict())
+    tied = bool(getattr(hf_config, "tie_word_embeddings", False) or
+                getattr(getattr(hf_config, "text_config", None), "tie_word_embeddings", False))
     check_keys(state, expected, tied)
     if tied:
         state.pop("lm_head.weight", None)
     if dtype is not None:
         state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
     weights_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    config.dtype = str(weights_dtype).replace("torch.", "")
+    hf_config.dtype = str(weights_dtype).replace("torch.", "")
 
     gen_file = (hf_dir if hf_dir is not None else local) / "generation_config.json"
     generation = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
@@ -325,49 +321,45 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
         repetition_penalty = float(generation.get("repetition_penalty", 1.0))
     if not repetition_penalty > 0:
         raise UserError(f"--repetition-penalty must be > 0 (1.0 = none), got {repetition_penalty}")
-    decoding = DecodingSettings(repetition_penalty=repetition_penalty)
 
-    prompt = PromptSpec(horizon=settings["horizon"], dim=settings["dim"], bins=settings["bins"],
-                        tile_views=settings["tile_views"], instruction_position="after_images",
-                        vision_id=settings["vision_id"])
-    image_spec = ImageSpec(image_size=settings["image_size"], crop_scale=settings["crop_scale"], color_jitter=True,
-                           tile_views=settings["tile_views"], jitter_per_view=False)
-    recipe = _recipe(settings, decoding, base or settings["base_model"])
+    # One recipe says what the official config says; the policy's settings come from it as for a trained policy.
+    recipe = _recipe(settings, repetition_penalty, base or settings["base_model"])
+    policy_config = PolicyConfig.from_recipe(recipe, stats).replace(meta={"base_model": recipe.model.name})
 
     with tempfile.TemporaryDirectory(prefix="tinyvla-vla0-") as tmp:
         # The converted weights as an ordinary HF checkpoint, loaded back through the same path `tinyvla eval` uses.
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
-        config.save_pretrained(str(model_dir))
+        hf_config.save_pretrained(str(model_dir))
         _save_safetensors(state, model_dir / "model.safetensors")
         processor.save_pretrained(model_dir)
         del state
         try:
-            model, processor = load_policy_model(model_dir, dtype=config.dtype)
+            model, processor = load_policy_model(model_dir, dtype=hf_config.dtype)
         except (RuntimeError, ValueError) as err:  # e.g. a tensor whose shape the config does not have
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"the converted weights do not load into {config.model_type} ({first}); "
+            raise UserError(f"the converted weights do not load into {hf_config.model_type} ({first}); "
                             "a differently sized checkpoint needs --base pointing at its base model") from None
-        codec = ActionCodec(stats, horizon=prompt.horizon, bins=prompt.bins, gripper_dim=prompt.dim - 1)
-        policy = Policy(model, processor, codec, prompt, image_spec,
-                        ensemble={"weighting": "vla0", "max_chunks": 8, "exp_w": 0.5, "execute_horizon": 1})
-        policy.decoding = decoding
-        extra = {"base_model": base or settings["base_model"],
-                 "imported_from": {"format": "NVlabs/vla0", "path": str(src.resolve()),
+        extra = {"imported_from": {"format": "NVlabs/vla0", "path": str(src.resolve()),
                                    "weights": "model_last/" if hf_dir is not None else "model_last.pth:model_state",
                                    "official_generation_config": generation}}
-        save_policy_dir(policy, out, recipe=recipe, dtype=weights_dtype, extra=extra)
+        save_policy_dir(Policy(policy_config, model, processor), out, recipe=recipe.to_dict(), dtype=weights_dtype,
+                        extra=extra)
     return out
 
 
-def _recipe(settings: dict, decoding, base: str) -> dict:
-    """A tinyvla recipe saying what the official config says (policy.json records it; eval reads its eval section)."""
+def _recipe(settings: dict, repetition_penalty: float, base: str):
+    """A tinyvla recipe saying what the official config says (policy.json records it; eval reads its eval section:
+    per-task seeding, the repetition penalty). Ensembling keeps the recipe defaults: VLA-0's 8 chunks, re-query
+    every step."""
     from tinyvla.recipe import Recipe
 
     r = Recipe(name="vla0-import", description="imported from an NVlabs/vla0 checkpoint")
     r.model.name = base
     r.data.image_size, r.data.crop_scale = settings["image_size"], settings["crop_scale"]
     r.data.tile_views, r.data.vision_id, r.data.jitter_per_view = settings["tile_views"], settings["vision_id"], False
+    r.data.color_jitter, r.data.instruction_position = True, "after_images"
     r.actions.horizon, r.actions.dim, r.actions.bins = settings["horizon"], settings["dim"], settings["bins"]
-    r.eval.seeding, r.eval.repetition_penalty = "per_task", decoding.repetition_penalty
-    return r.to_dict()
+    r.actions.gripper_dim = settings["dim"] - 1
+    r.eval.seeding, r.eval.repetition_penalty = "per_task", float(repetition_penalty)
+    return r.validate()

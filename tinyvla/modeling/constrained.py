@@ -14,42 +14,10 @@ Assumptions (what `generate` does with `constrained_generate_kwargs`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tinyvla.core.grammar import FINISHED, TokenConstraint
-
-
-@dataclass(frozen=True)
-class DecodingSettings:
-    """How a policy decodes: constrained greedy, and nothing else unless a setting here says so.
-
-    A checkpoint's generation_config.json can carry sampling and penalty defaults (Qwen2.5-VL Instruct ships
-    repetition_penalty 1.05, which transformers applies even to greedy decoding). tinyvla never inherits them: every
-    value below is passed explicitly to `generate`, and the speculative path applies the same ones
-    (tinyvla/modeling/speculative.py), so both write the same text.
-    """
-
-    repetition_penalty: float = 1.0  # 1.0 = none; >1 divides positive / multiplies negative logits of seen tokens
-
-    def __post_init__(self):
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments for `model.generate` that override whatever the model's generation_config holds."""
-        return {"do_sample": False, "num_beams": 1, "repetition_penalty": float(self.repetition_penalty),
-                "no_repeat_ngram_size": 0}
-
-    def to_dict(self) -> dict:
-        """What results.json and policy.json record."""
-        return {"method": "constrained_greedy", "repetition_penalty": float(self.repetition_penalty)}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "DecodingSettings":
-        return cls(repetition_penalty=float((d or {}).get("repetition_penalty", 1.0)))
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -205,7 +205,7 @@ def speculative_generate(
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
       long pass).
-    repetition_penalty: as `generate`'s (DecodingSettings): applied before the grammar's argmax at every position to
+    repetition_penalty: as `generate`'s (DecodingConfig.repetition_penalty): applied before the grammar's argmax at every position to
       the tokens of the row's prompt (not its left padding, as `generate` does) and of its answer so far.
     """
     device = batch["input_ids"].device
