@@ -127,13 +127,13 @@ def _qwen_tiktoken_path() -> Path:
 
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
-    """token bytes -> rank, read by tiktoken's own loader (the one transformers' converter uses too).
+    """token bytes -> rank, by tiktoken's own loader (which transformers' TikTokenConverter calls too).
 
     tiktoken keeps a copy keyed by the file's path in $TIKTOKEN_CACHE_DIR (default <tmp>/data-gym-cache); Qwen's
     vocabulary is fixed (the rank check in `build_qwen_tokenizer` would catch a stale copy of another size)."""
-    from transformers.convert_slow_tokenizer import TikTokenConverter
+    from tiktoken.load import load_tiktoken_bpe
 
-    return TikTokenConverter.load_tiktoken_bpe(str(path))
+    return load_tiktoken_bpe(str(path))
 
 
 def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]]):
