@@ -36,6 +36,7 @@ ARCH_PREFIX = "arch:"
 # so that recipe.py and export.py can check a name that modeling/loading.py's DTYPES then turns into a torch.dtype.
 TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPE_CHOICES = tuple(TORCH_DTYPE_NAMES)  # ("fp32", "bf16", "fp16")
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # The published image-processor settings of each family (preprocessor_config.json): normalization and the pixel
