@@ -279,8 +279,8 @@ def import_vla0(src: str | Path, out: str | Path, base: str | None = None, repet
         if not (src / name).is_file():
             raise UserError(f"{src} has no {name}; the VLA-0 checkpoint folder holds config.yaml, dataset_stats.pkl "
                             "and model_last.pth (+ model_last/)")
-    if dtype is not None and dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of fp32, bf16, fp16; got {dtype!r}")
+    if dtype is not None and dtype not in registry.DTYPE_CHOICES:
+        raise UserError(f"--dtype must be one of {', '.join(registry.DTYPE_CHOICES)}; got {dtype!r}")
     settings = official_settings(src / "config.yaml")
     if settings["use_lora"]:
         raise UserError("config.yaml says use_lora: True; only full fine-tunes (the released checkpoint) import")
