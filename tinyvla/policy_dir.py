@@ -17,6 +17,7 @@ import platform
 from pathlib import Path
 
 from tinyvla.core.atomic import atomic_dir, write_json_atomic
+from tinyvla.machine import machine_info
 from tinyvla.errors import UserError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -77,6 +78,7 @@ def save_policy_dir(policy, out: str | Path, recipe: dict | None = None, merge_l
         policy.processor.save_pretrained(tmp / "model")
         cfg = policy.config()
         cfg.update({"lora_adapter": has_adapter, "versions": versions(), **(extra or {})})
+        cfg.setdefault("trained_on", machine_info())  # kept from the source policy by export (see load below)
         if recipe is not None:
             cfg["recipe"] = recipe
         write_json_atomic(tmp / "policy.json", cfg)
@@ -128,7 +130,7 @@ def load_policy_dir(path: str | Path, device: str | None = None, dtype: str | No
         model = PeftModel.from_pretrained(model, str(root / "adapter"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    meta = {k: cfg[k] for k in ("dataset", "base_model", "recipe") if k in cfg}
+    meta = {k: cfg[k] for k in ("dataset", "base_model", "recipe", "trained_on") if k in cfg}
     policy = policy_from_config(model, processor, cfg, meta=meta)
     policy.source = str(root)
     return policy
