@@ -23,7 +23,7 @@ BASELINES = ("random", "expert")
 
 
 def evaluate(
-    ckpt: Annotated[str, typer.Argument(help="Policy directory (runs/NAME/final or an export), or a baseline: random, expert.")],
+    ckpt: Annotated[str, typer.Argument(help="Policy directory (runs/NAME/final or an export), a `tinyvla serve` address ws://HOST:PORT, or a baseline: random, expert.")],
     suite: Annotated[Optional[str], typer.Option(help="blockfind-reach, blockfind, libero_spatial, libero_object, libero_goal, libero_10, libero_90.")] = None,
     episodes_per_task: Annotated[int, typer.Option(help="Episodes per task (LIBERO: init states 0..N-1).")] = 50,
     tasks: Annotated[Optional[str], typer.Option(help="Task ids, e.g. 0,2,5-7 (default: all).")] = None,
@@ -179,6 +179,10 @@ def _load_policy(ckpt: str, device: str | None):
         return rollout.RandomPolicy(), {"baseline": "random"}
     if ckpt == "expert":
         return rollout.ExpertPolicy(), {"baseline": "expert"}
+    if ckpt.startswith(("ws://", "wss://")):  # a `tinyvla serve` server: the model runs there (tinyvla/serving)
+        from tinyvla.serving.remote import connect_remote
+
+        return connect_remote(ckpt)
     from tinyvla.evaluation.results import checkpoint_identity
     from tinyvla.policy import Policy
 
