@@ -1,11 +1,11 @@
 """Load benchmark of `tinyvla serve` on loopback: 1, 2, 4, 8 concurrent clients against in-process `Policy.act`.
 
     python scripts/bench_serve.py runs/tiny-cpu/final --requests 1000
-    python scripts/bench_serve.py runs/tiny-cpu/final --clients 1,8 --requests 200 --max-wait-ms 5
+    python scripts/bench_serve.py runs/tiny-cpu/final --clients 1,8 --requests 48 --no-speculative   # greedy
 
 What it does, side by side in one run:
-  1. In-process: `policy.act` on client 0's observation sequence, one request after another (speculation on, as the
-     server): the latency a robot gets with the model in its own process.
+  1. In-process: `policy.act` on client 0's observation sequence, one request after another (speculation on or off,
+     as the server): the latency a robot gets with the model in its own process.
   2. Starts `tinyvla serve POLICY --port 0 --num-threads T` (127.0.0.1 only) and, for each client count n, n threads
      each with its own websocket connection (openpi's `WebsocketClientPolicy` when installed) send ~requests/n
      requests in "action" mode (the ensembled next action, what `act` returns).
@@ -56,11 +56,12 @@ def expected_actions(policy, episodes) -> list[np.ndarray]:
     return out
 
 
-def start_server(policy_dir: str, threads: int, max_batch: int, max_wait_ms: float):
+def start_server(policy_dir: str, threads: int, max_batch: int, max_wait_ms: float, speculative: bool):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tinyvla.cli.main", "serve", policy_dir, "--host", "127.0.0.1",
                              "--port", "0", "--num-threads", str(threads), "--max-batch", str(max_batch),
-                             "--max-wait-ms", str(max_wait_ms)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--max-wait-ms", str(max_wait_ms),
+                             "--speculative" if speculative else "--no-speculative"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     for line in proc.stdout:
         if line.startswith("serving "):
@@ -135,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the server")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--no-speculative", action="store_true", help="greedy decoding, in-process and in the server")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     counts = [int(x) for x in args.clients.split(",")]
@@ -145,7 +147,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     policy = Policy.from_pretrained(args.policy, device="cpu")
-    policy.speculative = True  # as the server runs it
+    policy.speculative = not args.no_speculative  # as the server runs it
     episodes = [episode(seed, args.episode_steps) for seed in range(max(counts))]
     expected = expected_actions(policy, episodes)  # also warms up
 
@@ -168,7 +170,7 @@ def main() -> None:
     print(f"in-process act: {json.dumps(local)}", flush=True)
 
     # 2. the server
-    proc, port = start_server(args.policy, args.threads, args.max_batch, args.max_wait_ms)
+    proc, port = start_server(args.policy, args.threads, args.max_batch, args.max_wait_ms, not args.no_speculative)
     rows = []
     try:
         for n in counts:
