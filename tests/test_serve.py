@@ -24,6 +24,8 @@ from tinyvla.serving.protocol import RequestError, parse_request  # noqa: E402
 from tinyvla.serving.wire import WireError, pack, unpack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# openpi's client opens its connection without a `with` block, which newer websockets releases warn about.
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 TASK = "pick up the block that is red"
 
 
@@ -323,7 +325,6 @@ def test_remote_act_batch_equals_local(server, local_policy):
     remote.close()
 
 
-@pytest.mark.slow
 def test_remote_eval_gives_the_local_results(server, policy_dir, tmp_path):
     from tinyvla.cli.main import main
 
