@@ -79,6 +79,21 @@ def test_parse_request_maps_both_spellings():
             parse_request(bad)
 
 
+def test_cli_user_errors(tmp_path, capsys):
+    from tinyvla.cli.main import main
+
+    assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert main(["eval", f"ws://127.0.0.1:{free}", "--suite", "blockfind-reach", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the policy server" in err and "Traceback" not in err
+    assert main(["eval", f"ws://127.0.0.1:{free}", "--offline", "--repo", str(tmp_path)]) == 2
+
+
 # ---------------------------------------------------------------------------------------------------- a live server
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
@@ -272,6 +287,9 @@ def test_silent_and_churning_clients_do_not_block_others(server):
         t0 = time.perf_counter()
         assert infer_ok(server, seed=3).shape == (2, 7)
         assert time.perf_counter() - t0 < 60
+        with connect(f"ws://127.0.0.1:{server}") as gone:  # asks, then leaves before the answer
+            gone.recv(timeout=30)
+            gone.send(pack(libero_obs(5)))
         for _ in range(500):  # opened and closed; the server must not run out of anything
             with connect(f"ws://127.0.0.1:{server}", open_timeout=30) as ws:
                 ws.recv(timeout=30)

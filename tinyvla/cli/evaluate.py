@@ -237,8 +237,8 @@ def _evaluate_offline(ckpt, repo, out, n_frames, seed, device, console):
     """Action error of a policy on held-out episodes of a dataset -> OUT/offline.json + OUT/offline_pred_vs_true.png."""
     if repo is None:
         raise UserError("--offline needs --repo DIR: the dataset to score the policy on")
-    if ckpt in BASELINES:
-        raise UserError("--offline needs a policy directory; the baselines predict no action chunks")
+    if ckpt in BASELINES or ckpt.startswith(("ws://", "wss://")):
+        raise UserError("--offline needs a policy directory; baselines and policy servers are evaluated closed-loop")
     policy, identity = _load_policy(ckpt, device)
     out = Path(out) if out is not None else Path("runs") / "eval" / f"{_label(ckpt)}-offline"
     return run_offline(policy, identity, repo, out, n_frames, seed, console)
