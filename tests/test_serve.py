@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("websockets")
 pytest.importorskip("msgpack")
 
-from tinyvla.serving.protocol import RequestError, parse_request  # noqa: E402
+from tinyvla.serving.protocol import RequestError, observation_keys_for, parse_request  # noqa: E402
 from tinyvla.serving.wire import WireError, pack, unpack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +67,11 @@ def test_parse_request_maps_both_spellings():
     assert a.acts and a.instruction == TASK and a.mode == "chunk" and not a.reset
     assert b.mode == "action" and b.reset
     assert parse_request({"reset": True}).reset and not parse_request({"reset": True}).acts
+    keys = observation_keys_for({"image": "cam_high", "instruction": ["task"]})
+    c = parse_request({"cam_high": im, "wrist_image": im, "task": TASK}, keys)
+    assert c.acts and c.instruction == TASK and keys["image"] == ("cam_high", "image", "observation/image")
+    with pytest.raises(ValueError, match="not one of"):
+        observation_keys_for({"depth": "d"})
     for bad, match in [([1, 2], "map"), ({"image": im, "instruction": TASK}, "missing wrist_image"),
                        ({"image": im, "wrist_image": im, "instruction": 3}, "non-empty string"),
                        ({"image": im.tolist(), "wrist_image": im, "instruction": TASK}, "numpy array"),
@@ -85,6 +90,8 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--obs-key", "depth=d"]) == 2
+    assert "--obs-key 'depth=d'" in capsys.readouterr().err
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
@@ -145,7 +152,7 @@ def start_server(policy_dir, *args):
 
 @pytest.fixture(scope="module")
 def server(policy_dir):
-    proc, port = start_server(policy_dir, "--idle-timeout-s", "60")
+    proc, port = start_server(policy_dir, "--idle-timeout-s", "60", "--obs-key", "image=cam_high")
     # Drain the server's output in the background so its pipe never fills up.
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
@@ -191,6 +198,10 @@ def test_openpi_client_gets_the_policys_chunk(server, local_policy):
     same = client.infer({"image": obs["observation/image"], "wrist_image": obs["observation/wrist_image"],
                          "instruction": TASK})
     np.testing.assert_array_equal(same["actions"], reply["actions"])
+    assert meta["observation_keys"]["image"][0] == "cam_high"  # --obs-key image=cam_high
+    other = client.infer({"cam_high": obs["observation/image"], "prompt": TASK,
+                          "observation/wrist_image": obs["observation/wrist_image"]})
+    np.testing.assert_array_equal(other["actions"], reply["actions"])
     first = client.infer({**obs, "return": "action", "reset": True})
     assert first["actions"].shape == (1, 7) and first["step"] == 0 and first["queried"]
     np.testing.assert_array_equal(first["actions"][0], reply["actions"][0])  # nothing to blend with at step 0

@@ -32,6 +32,7 @@ def serve(
     speculative: Annotated[bool, typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding per connection (same actions, fewer forward passes).")] = True,
     idle_timeout_s: Annotated[float, typer.Option(help="Close a connection that sends nothing for this long.")] = 600.0,
     max_message_mb: Annotated[float, typer.Option(help="Largest request accepted; bigger ones close their connection.")] = 16.0,
+    obs_key: Annotated[Optional[list[str]], typer.Option(help="Another request key for an input, NAME=KEY with NAME one of image, wrist_image, instruction; repeatable (e.g. image=cam_high).")] = None,
 ):
     """Serve a policy over openpi's websocket protocol (msgpack + numpy), batched across clients."""
     import logging
@@ -48,6 +49,12 @@ def serve(
     except ImportError:
         raise UserError("serving needs websockets and msgpack: pip install 'tinyvla[serve]'") from None
     api_key = api_key or os.environ.get("TINYVLA_API_KEY") or None
+    extra_keys: dict[str, list[str]] = {}
+    for item in obs_key or []:
+        name, sep, key = item.partition("=")
+        if not sep or not key or name not in ("image", "wrist_image", "instruction"):
+            raise UserError(f"--obs-key {item!r}: expected NAME=KEY with NAME one of image, wrist_image, instruction")
+        extra_keys.setdefault(name, []).append(key)
     if num_threads is not None:
         if num_threads < 1:
             raise UserError(f"--num-threads must be >= 1, got {num_threads}")
@@ -62,10 +69,16 @@ def serve(
         raise UserError(f"serve a policy directory, not {policy!r}")
     loaded, identity = _load_policy(policy, device)
     loaded.speculative = speculative
+    from tinyvla.serving.protocol import observation_keys_for
+
+    try:
+        observation_keys_for(loaded.config().get("observation_keys"))
+    except ValueError as err:
+        raise UserError(f"policy.json: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     server = PolicyServer(loaded, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
                           api_key=api_key, identity=identity, idle_timeout_s=idle_timeout_s,
-                          max_message_mb=max_message_mb)
+                          max_message_mb=max_message_mb, observation_keys=extra_keys)
 
     def ready(s):
         shown = f"[{s.host}]" if ":" in s.host else s.host

@@ -8,6 +8,9 @@ A request is a msgpack map (see wire.py). Observation keys, either spelling:
     instruction             prompt                      str
     (state is not read)     observation/state           accepted and ignored: VLA-0 policies see no robot state
 
+More spellings per policy: "observation_keys" in policy.json or `tinyvla serve --obs-key image=cam_high` (added to
+the defaults above; `observation_keys_for`).
+
 Optional control keys:
     reset: true       a new episode starts with this observation (clears the connection's ensembling buffer and
                       speculation draft). A map with only {"reset": true}, or openpi's {"__ctrl__": "episode_start"},
@@ -58,8 +61,22 @@ class Request:
         return self.image is not None
 
 
-def _pick(msg: dict, name: str):
-    found = [k for k in KEYS[name] if k in msg]
+def observation_keys_for(extra: dict | None) -> dict[str, tuple[str, ...]]:
+    """The default spellings plus a policy's own: {"image": ["cam_high"], ...} (names: image, wrist_image,
+    instruction). Raises ValueError naming what is wrong."""
+    keys = {k: tuple(v) for k, v in KEYS.items()}
+    for name, spellings in (extra or {}).items():
+        if name not in KEYS:
+            raise ValueError(f"observation key {name!r} is not one of {', '.join(KEYS)}")
+        spellings = [spellings] if isinstance(spellings, str) else spellings
+        if not isinstance(spellings, (list, tuple)) or not all(isinstance(x, str) and x for x in spellings):
+            raise ValueError(f"observation key {name!r}: expected a key name or a list of them, got {spellings!r}")
+        keys[name] = tuple(dict.fromkeys([*spellings, *keys[name]]))
+    return keys
+
+
+def _pick(msg: dict, name: str, keys: dict):
+    found = [k for k in keys[name] if k in msg]
     if len(found) > 1:
         raise RequestError(f"both {found[0]!r} and {found[1]!r} given; send one of them")
     return msg[found[0]] if found else None
@@ -76,7 +93,7 @@ def _image(value, name: str) -> np.ndarray:
     return value
 
 
-def parse_request(msg) -> Request:
+def parse_request(msg, keys: dict | None = None) -> Request:
     if not isinstance(msg, dict):
         raise RequestError(f"a request must be a map (observation dict), got {type(msg).__name__}")
     ctrl = msg.get("__ctrl__")
@@ -91,17 +108,16 @@ def parse_request(msg) -> Request:
     shift = msg.get("shift", 1)
     if isinstance(shift, (bool, np.bool_)) or not isinstance(shift, (int, np.integer)) or shift < 0:
         raise RequestError(f"shift must be an int >= 0, got {shift!r}"[:200])
-    image, wrist, instruction = (_pick(msg, k) for k in ("image", "wrist_image", "instruction"))
+    keys = keys or KEYS
+    image, wrist, instruction = (_pick(msg, k, keys) for k in ("image", "wrist_image", "instruction"))
     if image is None and wrist is None and instruction is None:
         if reset:
             return Request(None, None, None, reset=True)
         raise RequestError("no observation: send image / wrist_image / instruction "
                            "(or observation/image, observation/wrist_image, prompt)")
-    missing = [KEYS[k][0] for k, v in (("image", image), ("wrist_image", wrist), ("instruction", instruction))
-               if v is None]
+    missing = [k for k, v in (("image", image), ("wrist_image", wrist), ("instruction", instruction)) if v is None]
     if missing:
-        raise RequestError(f"missing {', '.join(missing)} (openpi spelling: "
-                           f"{', '.join(KEYS[m][1] for m in missing)})")
+        raise RequestError("missing " + ", ".join(f"{m} (accepted keys: {', '.join(keys[m])})" for m in missing))
     if not isinstance(instruction, str) or not instruction.strip():
         raise RequestError(f"instruction must be a non-empty string, got {type(instruction).__name__}")
     if len(instruction) > MAX_INSTRUCTION_CHARS:
@@ -138,7 +154,7 @@ class Session:
         return None if start_codes is None else start_codes.copy()
 
 
-def metadata(policy, identity: dict | None, max_batch: int) -> dict:
+def metadata(policy, identity: dict | None, max_batch: int, keys: dict | None = None) -> dict:
     """Sent on connect: what the policy reads and writes, so a client can check it talks to the right server."""
     cfg = policy.config()
     return {
@@ -146,7 +162,7 @@ def metadata(policy, identity: dict | None, max_batch: int) -> dict:
         "protocol": PROTOCOL_VERSION,
         "action_horizon": cfg["horizon"],
         "action_dim": cfg["dim"],
-        "observation_keys": {k: list(v) for k, v in KEYS.items()},
+        "observation_keys": {k: list(v) for k, v in (keys or KEYS).items()},
         "modes": list(MODES),
         "max_batch": max_batch,
         "policy": cfg,

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from tinyvla.serving.batching import ModelWorker
-from tinyvla.serving.protocol import RequestError, Session, metadata, parse_request
+from tinyvla.serving.protocol import RequestError, Session, metadata, observation_keys_for, parse_request
 from tinyvla.serving.wire import WireError, pack, unpack
 
 log = logging.getLogger("tinyvla.serve")
@@ -38,14 +38,18 @@ log = logging.getLogger("tinyvla.serve")
 class PolicyServer:
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
                  max_wait_ms: float = 5.0, api_key: str | None = None, identity: dict | None = None,
-                 idle_timeout_s: float = 600.0, max_message_mb: float = 16.0):
+                 idle_timeout_s: float = 600.0, max_message_mb: float = 16.0, observation_keys: dict | None = None):
         self.policy = policy
         self.host, self.port = host, port
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.api_key = api_key or None
         self.idle_timeout_s = idle_timeout_s
         self.max_message_bytes = int(max_message_mb * 2**20)
-        self.metadata = metadata(policy, identity, max_batch)
+        # the default spellings, the policy's own (policy.json "observation_keys"), then the caller's
+        self.keys = observation_keys_for(policy.config().get("observation_keys"))
+        if observation_keys:
+            self.keys = {n: tuple(dict.fromkeys([*observation_keys.get(n, []), *v])) for n, v in self.keys.items()}
+        self.metadata = metadata(policy, identity, max_batch, self.keys)
         self.worker: ModelWorker | None = None
         self.connections = 0  # open now
         self.served = {"connections": 0, "requests": 0, "errors": 0}
@@ -133,7 +137,7 @@ class PolicyServer:
 
     async def _answer(self, session: Session, data) -> dict:
         msg = unpack(data)
-        req = parse_request(msg)
+        req = parse_request(msg, self.keys)
         if req.reset:
             session.reset()
         if not req.acts:
