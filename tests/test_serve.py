@@ -1,6 +1,6 @@
 """`tinyvla serve`: openpi's websocket protocol, checked with openpi's own client; remote eval; bad clients.
 
-One `tinyvla serve` subprocess (a tiny policy, random weights as in test_eval's fixture) serves the whole module on a
+One `tinyvla serve` subprocess (a tiny policy trained a few steps on the LIBERO fixture) serves the whole module on a
 loopback port the OS picks. Every byte stays on 127.0.0.1.
 """
 
@@ -104,24 +104,19 @@ def test_cli_user_errors(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------- a live server
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    import torch
+    """A tiny policy trained a few steps on the LIBERO fixture (as tests/test_export.py gets one), with H=2 and 100
+    bins so that a query writes ~40 tokens: a real (H, D) chunk, quickly."""
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.smoke import smoke_recipe
+    from tinyvla.training.trainer import train
 
-    from tinyvla.core.codec import ActionCodec, ActionStats
-    from tinyvla.core.prompt import PromptSpec
-    from tinyvla.data.transforms import ImageSpec
-    from tinyvla.modeling.loading import load_model
-    from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
-
-    torch.manual_seed(0)
-    model, processor = load_model("tiny-qwen3")
-    # H=2 and 20 bins: a real (H, D) chunk, ~30 tokens a query (test_eval's fixture uses H=1, 9 bins).
-    stats = ActionStats(min=[-1.0] * 7, max=[1.0] * 7)
-    policy = Policy(model, processor, ActionCodec(stats, horizon=2, bins=20), PromptSpec(horizon=2, dim=7, bins=20),
-                    ImageSpec(image_size=64, crop_scale=1.0, color_jitter=False))
-    path = tmp_path_factory.mktemp("policy") / "final"
-    save_policy_dir(policy, path)
-    return path
+    out = tmp_path_factory.mktemp("run")
+    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [
+        f"data.repo={ROOT / 'tests' / 'fixtures' / 'libero_v20_tiny'}", "data.suite=null", f"train.out_dir={out}",
+        "actions.horizon=2", "actions.bins=100"]))
+    cfg.train.max_steps = 3
+    cfg.train.lr = 3e-2  # a few big steps: weights far from init
+    return train(cfg, smoke_test=True).policy_dir
 
 
 @pytest.fixture(scope="module")
