@@ -358,7 +358,7 @@ def test_remote_eval_gives_the_local_results(server, policy_dir, tmp_path):
     local, remote = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "remote"))
     assert remote["success_rate"] == local["success_rate"] and remote["tasks"] == local["tasks"]
     assert remote["protocol"] == local["protocol"]
-    assert remote["checkpoint"]["sha256"] == local["checkpoint"]["sha256"]
+    assert remote["checkpoint"] == local["checkpoint"]  # the served policy's identity: one --out may mix the two
 
     def outcomes(d):
         rows = [json.loads(line) for line in (tmp_path / d / "episodes.jsonl").read_text().splitlines()]

@@ -134,8 +134,13 @@ class RemotePolicy:
 
 
 def connect_remote(url: str, api_key: str | None = None) -> tuple[RemotePolicy, dict]:
-    """(policy, checkpoint identity for results.json): the served policy's identity, plus where it was served."""
+    """(policy, checkpoint identity for results.json): the served policy's own identity (path, sha256, files), not
+    the server's address, so shards evaluated against different servers of one policy, or a local run resumed
+    remotely, share one --out."""
     import os
 
     policy = RemotePolicy(url, api_key=api_key or os.environ.get("TINYVLA_API_KEY"))
-    return policy, {**(policy.server_metadata.get("checkpoint") or {}), "server": url}
+    identity = policy.server_metadata.get("checkpoint") or {}
+    if not identity.get("sha256"):
+        raise UserError(f"{url} does not say which policy it serves (no checkpoint sha256 in its metadata)")
+    return policy, identity
