@@ -144,10 +144,12 @@ def main() -> None:
     import torch
 
     from tinyvla.policy import Policy
+    from tinyvla.policy_dir import DecodingConfig
 
     torch.set_num_threads(args.threads)
-    policy = Policy.from_pretrained(args.policy, device="cpu")
-    policy.speculative = not args.no_speculative  # as the server runs it
+    # decoding as the server runs it
+    policy = Policy.from_pretrained(args.policy, device="cpu",
+                                    decoding=DecodingConfig(speculative=not args.no_speculative))
     episodes = [episode(seed, args.episode_steps) for seed in range(max(counts))]
     expected = expected_actions(policy, episodes)  # also warms up
 

@@ -78,13 +78,12 @@ def main(argv=None) -> int:
 
     closed_loop(policy, steps=2, num_envs=args.num_envs, seed=args.seed + 1, speculative=False)  # warm-up
     rows, ref = {}, None
-    defaults = dict(policy.spec_options)
     for name in names:
         opts = VARIANTS[name]
-        policy.spec_options = {**defaults, **(opts or {})}
         t = time.perf_counter()
-        run = closed_loop(policy, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
-                          speculative=opts is not None)
+        with policy.decoding(**(opts or {})):  # the policy's own settings, changed by the variant's
+            run = closed_loop(policy, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
+                              speculative=opts is not None)
         c = run["counts"]
         if ref is None:
             ref = run["actions"]

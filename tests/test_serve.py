@@ -84,6 +84,14 @@ def test_parse_request_maps_both_spellings():
             parse_request(bad)
 
 
+def test_the_client_side_needs_no_torch():
+    """A robot-side process runs `tinyvla eval ws://...` without torch (like tests/test_architecture.py's light
+    modules)."""
+    code = "import sys, tinyvla.serving.remote, tinyvla.serving.wire; assert 'torch' not in sys.modules, 'torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_cli_user_errors(tmp_path, capsys):
     from tinyvla.cli.main import main
 
@@ -334,8 +342,11 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(server, loc
 def test_remote_act_batch_equals_local(server, local_policy):
     from tinyvla.serving.remote import RemotePolicy
 
+    from tinyvla.interface import PolicyInterface
+
     remote = RemotePolicy(f"ws://127.0.0.1:{server}")
-    assert remote.ensemble_cfg == local_policy.ensemble_cfg
+    assert isinstance(remote, PolicyInterface)
+    assert remote.config.ensemble == local_policy.config.ensemble and remote.config.stats == local_policy.config.stats
     rng = np.random.default_rng(5)
     for p in (remote, local_policy):
         p.reset(2)

@@ -62,17 +62,15 @@ def serve(
 
         torch.set_num_threads(num_threads)
 
-    from tinyvla.cli.evaluate import _load_policy
+    from tinyvla.evaluate import BASELINES, load_policy
+    from tinyvla.serving.protocol import observation_keys_for
     from tinyvla.serving.server import PolicyServer
 
-    if policy.startswith(("ws://", "wss://")) or policy in ("random", "expert"):
+    if policy.startswith(("ws://", "wss://")) or policy in BASELINES:
         raise UserError(f"serve a policy directory, not {policy!r}")
-    loaded, identity = _load_policy(policy, device)
-    loaded.speculative = speculative
-    from tinyvla.serving.protocol import observation_keys_for
-
+    loaded, identity = load_policy(policy, device, speculative=speculative)
     try:
-        observation_keys_for(loaded.config().get("observation_keys"))
+        observation_keys_for(loaded.config.meta.get("observation_keys"))
     except ValueError as err:
         raise UserError(f"policy.json: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

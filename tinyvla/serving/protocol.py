@@ -132,10 +132,8 @@ class Session:
     def __init__(self, policy):
         from tinyvla.core.ensemble import ChunkEnsembler
 
-        cfg = policy.ensemble_cfg
-        self.ensembler = ChunkEnsembler(policy.prompt.horizon, policy.prompt.dim, weighting=cfg["weighting"],
-                                        max_chunks=cfg["max_chunks"], exp_w=cfg["exp_w"],
-                                        execute_horizon=cfg["execute_horizon"])
+        self.ensembler = ChunkEnsembler(policy.prompt.horizon, policy.prompt.dim,
+                                        **policy.config.ensemble.to_dict())
         self.step = 0
         self.last_codes: tuple[int, np.ndarray] | None = None  # (step it was predicted at, (H, D) int codes)
 
@@ -156,7 +154,7 @@ class Session:
 
 def metadata(policy, identity: dict | None, max_batch: int, keys: dict | None = None) -> dict:
     """Sent on connect: what the policy reads and writes, so a client can check it talks to the right server."""
-    cfg = policy.config()
+    cfg = policy.config.to_json()  # what policy.json says: a client rebuilds the PolicyConfig from it
     return {
         "server": "tinyvla",
         "protocol": PROTOCOL_VERSION,

@@ -1,12 +1,12 @@
 """The client side: a policy whose model runs in a `tinyvla serve` process, for `tinyvla eval ws://HOST:PORT`.
 
-    policy = RemotePolicy("ws://gpu-box:8000", api_key=...)
+    policy = RemotePolicy("ws://gpu-box:8000", api_key=...)      # or $TINYVLA_API_KEY
     policy.reset(num_envs=4)
     actions = policy.act_batch(observations, instructions)     # (4, D), like Policy.act_batch
 
-It acts the way a local Policy does (reset, reset_env, act_batch, config; ensembling here, with the policy's own
-settings from the server's metadata, so `--ensemble` / `--execute-horizon` work unchanged), which is what makes a
-remote eval give the local eval's results. Each env slot has its own websocket connection, so the server keeps one
+It implements tinyvla.interface.PolicyInterface the way a local Policy does (reset, reset_env, act_batch; `config` is
+the served policy's PolicyConfig from the server's metadata, and ensembling happens here with it, so `--ensemble` /
+`--execute-horizon` work unchanged), which is what makes a remote eval give the local eval's results. Each env slot has its own websocket connection, so the server keeps one
 speculation draft per env; a step sends every env's request before reading any reply, so the server decodes them in
 one batch, as a local Policy would.
 """
@@ -22,29 +22,39 @@ CONNECT_TIMEOUT_S = 30.0
 
 
 class RemotePolicy:
+    """A `tinyvla.interface.PolicyInterface` whose model runs in a `tinyvla serve` process."""
+
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 600.0):
+        import os
+
+        from tinyvla.policy_dir import PolicyConfig
+
         if not url.startswith(("ws://", "wss://")):
             raise UserError(f"a remote policy address starts with ws:// or wss://, got {url!r}")
         self.url = url
-        self.api_key = api_key
+        self.api_key = api_key or os.environ.get("TINYVLA_API_KEY") or None
         self.timeout_s = timeout_s
         conn, self.server_metadata = self._connect_one()
         self._conns: list = [conn]  # one per env slot, opened as reset() needs them
-        cfg = self.server_metadata.get("policy") or {}
-        if self.server_metadata.get("server") != "tinyvla" or "horizon" not in cfg:
+        policy_json = self.server_metadata.get("policy")
+        if self.server_metadata.get("server") != "tinyvla" or not isinstance(policy_json, dict):
             raise UserError(f"{url} is not a tinyvla policy server (its metadata has no policy config); "
                             "start one with `tinyvla serve POLICY`")
-        from tinyvla.core.prompt import PromptSpec
-
-        self._config = cfg
-        self.prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"])
-        # A copy eval may edit (--ensemble, --ensemble-size, --execute-horizon), as it edits a local Policy's.
-        self.ensemble_cfg = dict(cfg.get("ensemble") or {})
-        self.meta = {k: cfg[k] for k in ("recipe",) if k in cfg}
+        # The served policy's own config (its policy.json): eval reads and overrides its ensembling as a local one's.
+        self.config = PolicyConfig.from_json(policy_json)
+        # results.json records the served policy (path, sha256, files), not the address: shards evaluated against
+        # different servers of one policy, or a local run resumed remotely, share one --out.
+        self.identity = self.server_metadata.get("checkpoint") or {}
+        if not self.identity.get("sha256"):
+            raise UserError(f"{url} does not say which policy it serves (no checkpoint sha256 in its metadata)")
         self._ensembler = None
         self._steps: list[int] = []
         self._last_query: dict[int, int] = {}  # env -> step of its previous chunk (the draft shift the server uses)
         self._fresh: set[int] = set()  # envs whose next request starts an episode
+
+    @property
+    def prompt(self):
+        return self.config.prompt
 
     def _connect_one(self):
         from websockets.exceptions import InvalidHandshake, InvalidURI
@@ -63,19 +73,20 @@ class RemotePolicy:
             raise UserError(f"{self.url} sent no metadata map on connect: not a policy server")
         return conn, meta
 
-    # -- the Policy interface used by evaluation -------------------------------------------------------------------
-    def config(self) -> dict:
-        return {**self._config, "ensemble": dict(self.ensemble_cfg), "server": self.url}
+    # -- PolicyInterface ----------------------------------------------------------------------------------------------
+    def bind(self, slots) -> None:
+        """Nothing to read from the envs."""
+
+    def seed_env(self, i: int, seed: int) -> None:
+        """Deterministic: nothing to seed."""
 
     def reset(self, num_envs: int = 1) -> None:
         from tinyvla.core.ensemble import BatchEnsembler
 
         while len(self._conns) < num_envs:
             self._conns.append(self._connect_one()[0])
-        cfg = self.ensemble_cfg
-        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim, weighting=cfg["weighting"],
-                                         max_chunks=cfg["max_chunks"], exp_w=cfg["exp_w"],
-                                         execute_horizon=cfg["execute_horizon"])
+        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim,
+                                         **self.config.ensemble.to_dict())
         self._steps = [0] * num_envs
         self._last_query.clear()
         self._fresh = set(range(num_envs))
@@ -87,6 +98,7 @@ class RemotePolicy:
         self._fresh.add(i)
 
     def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None):
+        """One action per observation, ensembled here as Policy.act_batch does; chunks come from the server."""
         if self._ensembler is None:
             self.reset(len(observations))
         env_ids = list(range(len(observations))) if env_ids is None else list(env_ids)
@@ -131,16 +143,3 @@ class RemotePolicy:
         for conn in self._conns:
             conn.close()
         self._conns.clear()
-
-
-def connect_remote(url: str, api_key: str | None = None) -> tuple[RemotePolicy, dict]:
-    """(policy, checkpoint identity for results.json): the served policy's own identity (path, sha256, files), not
-    the server's address, so shards evaluated against different servers of one policy, or a local run resumed
-    remotely, share one --out."""
-    import os
-
-    policy = RemotePolicy(url, api_key=api_key or os.environ.get("TINYVLA_API_KEY"))
-    identity = policy.server_metadata.get("checkpoint") or {}
-    if not identity.get("sha256"):
-        raise UserError(f"{url} does not say which policy it serves (no checkpoint sha256 in its metadata)")
-    return policy, identity

@@ -46,7 +46,7 @@ class PolicyServer:
         self.idle_timeout_s = idle_timeout_s
         self.max_message_bytes = int(max_message_mb * 2**20)
         # the default spellings, the policy's own (policy.json "observation_keys"), then the caller's
-        self.keys = observation_keys_for(policy.config().get("observation_keys"))
+        self.keys = observation_keys_for(policy.config.meta.get("observation_keys"))
         if observation_keys:
             self.keys = {n: tuple(dict.fromkeys([*observation_keys.get(n, []), *v])) for n, v in self.keys.items()}
         self.metadata = metadata(policy, identity, max_batch, self.keys)
