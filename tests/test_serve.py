@@ -347,6 +347,7 @@ def test_remote_act_batch_equals_local(server, local_policy):
     remote = RemotePolicy(f"ws://127.0.0.1:{server}")
     assert isinstance(remote, PolicyInterface)
     assert remote.config.ensemble == local_policy.config.ensemble and remote.config.stats == local_policy.config.stats
+    assert remote.config.decoding.speculative  # the server decodes speculatively (tinyvla serve's default)
     rng = np.random.default_rng(5)
     for p in (remote, local_policy):
         p.reset(2)

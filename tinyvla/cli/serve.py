@@ -29,7 +29,7 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option(help="Require 'Authorization: Api-Key KEY' (default: $TINYVLA_API_KEY, else none).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Policy device (default: cuda if available, else cpu).")] = None,
     num_threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's).")] = None,
-    speculative: Annotated[bool, typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding per connection (same actions, fewer forward passes).")] = True,
+    speculative: Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding per connection: the same actions, fewer forward passes (default: the recipe's eval.speculative, as tinyvla eval).")] = None,
     idle_timeout_s: Annotated[float, typer.Option(help="Close a connection that sends nothing for this long.")] = 600.0,
     max_message_mb: Annotated[float, typer.Option(help="Largest request accepted; bigger ones close their connection.")] = 16.0,
     obs_key: Annotated[Optional[list[str]], typer.Option(help="Another request key for an input, NAME=KEY with NAME one of image, wrist_image, instruction; repeatable (e.g. image=cam_high).")] = None,

@@ -164,5 +164,8 @@ def metadata(policy, identity: dict | None, max_batch: int, keys: dict | None = 
         "modes": list(MODES),
         "max_batch": max_batch,
         "policy": cfg,
+        # how this server decodes (not in policy.json): a remote eval records it as a local one records its own
+        "decoding": {"speculative": bool(policy.config.decoding.speculative),
+                     "repetition_penalty": float(policy.config.decoding.repetition_penalty)},
         "checkpoint": identity or {},
     }

@@ -27,7 +27,7 @@ class RemotePolicy:
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 600.0):
         import os
 
-        from tinyvla.policy_dir import PolicyConfig
+        from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
         if not url.startswith(("ws://", "wss://")):
             raise UserError(f"a remote policy address starts with ws:// or wss://, got {url!r}")
@@ -41,7 +41,10 @@ class RemotePolicy:
             raise UserError(f"{url} is not a tinyvla policy server (its metadata has no policy config); "
                             "start one with `tinyvla serve POLICY`")
         # The served policy's own config (its policy.json): eval reads and overrides its ensembling as a local one's.
-        self.config = PolicyConfig.from_json(policy_json)
+        decoding = self.server_metadata.get("decoding") or {}
+        self.config = PolicyConfig.from_json(policy_json, decoding=DecodingConfig(
+            speculative=bool(decoding.get("speculative", False)),
+            repetition_penalty=float(decoding.get("repetition_penalty", 1.0))))
         # results.json records the served policy (path, sha256, files), not the address: shards evaluated against
         # different servers of one policy, or a local run resumed remotely, share one --out.
         self.identity = self.server_metadata.get("checkpoint") or {}
