@@ -12,6 +12,9 @@ ensembling. Variants:
   spec-once       the draft on the first pass only (then greedy from the first miss)
   spec-reprefill  like spec-once, but the pass after the check recomputes prompt + accepted tokens instead of
                   reusing the KV cache (same passes, more compute per pass)
+  spec-noforced   spec without skipping grammar-forced tokens (every other variant offers a row with nothing to
+                  draft the tokens the grammar forces next, e.g. the space after a 3-digit integer, for free)
+  greedy-forced   no drafts, only the forced tokens skipped: greedy decoding in the speculative loop
 `identical` compares each variant's actions with greedy's on every step.
 """
 
@@ -31,6 +34,8 @@ VARIANTS = {
     "spec-full": {"redraft": True, "reuse_cache": True, "adaptive": False},
     "spec-once": {"redraft": False, "reuse_cache": True, "adaptive": True},
     "spec-reprefill": {"redraft": False, "reuse_cache": False, "adaptive": True},
+    "spec-noforced": {"skip_forced": False},
+    "greedy-forced": {"max_draft_tokens": 0},
 }
 
 
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
     for name in names:
         opts = VARIANTS[name]
         t = time.perf_counter()
-        with policy.decoding(**(opts or {})):  # every variant names all three options
+        with policy.decoding(**(opts or {})):  # the policy's own settings, changed by the variant's
             run = closed_loop(policy, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
                               speculative=opts is not None)
         c = run["counts"]

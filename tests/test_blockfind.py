@@ -322,3 +322,36 @@ def test_demos_of_another_expert_path_are_refused(tmp_path):
     resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_path=diagonal"]), log=lambda *a: None)
     with pytest.raises(UserError, match="path"):
         resolve_dataset(load_recipe(NAMED_RECIPE, [repo, "data.generate_path=x_first"]), log=lambda *a: None)
+
+
+def test_continuous_expert_moves_in_proportion_and_succeeds(tmp_path):
+    import json
+
+    from tinyvla.cli.main import main
+    from tinyvla.envs.blockfind import MOVE_SCALE
+
+    env = make_env("blockfind-reach", image_size=16)
+    assert run_policy(lambda: make_env("blockfind-reach", image_size=16),
+                      lambda e, o, r: expert_action(e, r, kind="continuous"), 100, 0) >= 0.95
+    env.reset(seed=3)
+    d = env.block_pos[env.block_colors.index(env.target_color)] - env.gripper_pos
+    a = expert_action(env, np.random.default_rng(0), noise=0.0, kind="continuous")
+    assert np.allclose(a[:2], np.clip(0.7 * d / MOVE_SCALE, -1, 1), atol=1e-6) and a[6] == -1.0
+    moves = np.concatenate([e["actions"][:, :2] for e in generate_episodes("blockfind-reach", 30, 1, image_size=16,
+                                                                             expert="continuous")])
+    assert len(np.unique(np.round(moves, 4))) > 50  # not the coarse expert's -1 / 0 / +1
+    assert np.abs(moves).max() <= 1.0
+    with pytest.raises(UserError, match="unknown expert kind 'fine'"):
+        list(generate_episodes("blockfind-reach", 1, 0, image_size=16, expert="fine"))
+    # `data generate --expert` records it with the demos, where a recipe's data.generate_expert is compared
+    assert main(["data", "generate", "blockfind-reach", "--episodes", "2", "--out", str(tmp_path / "d"),
+                 "--image-size", "16", "--expert", "continuous"]) == 0
+    assert json.loads((tmp_path / "d" / "meta" / "blockfind_generation.json").read_text())["expert"] == "continuous"
+    from tinyvla.recipe import load_recipe
+    from tinyvla.training.data import resolve_dataset
+
+    with pytest.raises(UserError, match=r"expert 'continuous' \(recipe: 'coarse'\)"):
+        resolve_dataset(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny-cpu.yaml",
+                                    [f"data.repo={tmp_path / 'd'}"]), log=lambda *a: None)
+    with pytest.raises(UserError, match="data.generate_expert"):
+        load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny-cpu.yaml", ["data.generate_expert=x"])

@@ -149,6 +149,24 @@ def test_right_draft_takes_one_forward_pass(policy):
     assert policy.forward_passes - before <= 6
 
 
+def test_forced_tokens_need_no_pass_of_their_own(policy):
+    """No drafts at all: the speculative loop is greedy decoding, and with skip_forced the tokens the grammar forces
+    (a space after a 3-digit integer, ...) ride along with the next pass: same text, fewer passes."""
+    rng = np.random.default_rng(2)
+    ims, wrs, ins = observations(rng, 3)
+    greedy = policy.generate_text(ims, wrs, ins)
+    batch = policy.encode_batch(ims, wrs, ins)
+    passes = {}
+    for skip in (False, True):
+        tokens, stats = speculative_generate(policy.model, batch, policy.constraint, None,
+                                             policy.processor.encode_action_text, policy.processor.im_end_token_id,
+                                             policy.processor.pad_token_id, skip_forced=skip)
+        assert policy.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True) == greedy, skip
+        passes[skip] = stats.passes
+    forced = sum(t.count(" ") for t in greedy)  # an upper bound: only spaces after a 3- or 4-digit integer
+    assert passes[False] > passes[True] >= passes[False] - forced
+
+
 # ------------------------------------------------------------------------------------------------------- closed loop
 def test_closed_loop_same_actions_fewer_passes():
     from tinyvla.bench import closed_loop

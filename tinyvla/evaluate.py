@@ -171,6 +171,13 @@ def load_policy(ckpt: str, device: str | None = None, ensemble: str | None = Non
             raise UserError("--ensemble / --ensemble-size / --execute-horizon apply to policy directories, "
                             "not baselines")
         return (RandomPolicy() if ckpt == "random" else ExpertPolicy()), {"baseline": ckpt}
+    if ckpt.startswith(("ws://", "wss://")):  # a `tinyvla serve` server: the model runs there (tinyvla/serving)
+        from tinyvla.serving.remote import RemotePolicy
+
+        remote = RemotePolicy(ckpt)
+        remote.config = remote.config.replace(
+            ensemble=_ensemble_overrides(remote.config, ensemble, ensemble_size, execute_horizon))
+        return remote, remote.identity
     from tinyvla.evaluation.results import checkpoint_identity
     from tinyvla.policy import Policy
     from tinyvla.policy_dir import load_policy_dir
@@ -238,8 +245,8 @@ def _evaluate_offline(ckpt, repo, out, n_frames, seed, device, console):
     """Action error of a policy on held-out episodes of a dataset -> OUT/offline.json + OUT/offline_pred_vs_true.png."""
     if repo is None:
         raise UserError("--offline needs --repo DIR: the dataset to score the policy on")
-    if ckpt in BASELINES:
-        raise UserError("--offline needs a policy directory; the baselines predict no action chunks")
+    if ckpt in BASELINES or ckpt.startswith(("ws://", "wss://")):
+        raise UserError("--offline needs a policy directory; baselines and policy servers are evaluated closed-loop")
     policy, identity = load_policy(ckpt, device)
     out = Path(out) if out is not None else Path("runs") / "eval" / f"{label(ckpt)}-offline"
     return run_offline(policy, identity, repo, out, n_frames, seed, console)

@@ -38,8 +38,9 @@ from tinyvla.versions import versions
 
 POLICY_FORMAT = 1  # bump when policy.json changes incompatibly
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-# recorded in policy.json, not used for acting; trained_on: the machine that trained it (tinyvla/machine.py)
-META_KEYS = ("dataset", "base_model", "recipe", "trained_on")
+# recorded in policy.json, not used for acting; trained_on: the machine that trained it (tinyvla/machine.py);
+# observation_keys: extra request keys for `tinyvla serve`
+META_KEYS = ("dataset", "base_model", "recipe", "trained_on", "observation_keys")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ class DecodingConfig:
     reuse_cache: bool = True
     adaptive: bool = True
     max_draft_tokens: int | None = None
+    skip_forced: bool = True  # grammar-forced tokens ride along with the next pass (speculative_generate)
     # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
     # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
     generate_kwargs: dict = dataclasses.field(default_factory=dict)
@@ -72,7 +74,8 @@ class DecodingConfig:
 
     def speculative_options(self) -> dict:
         return {"redraft": self.redraft, "reuse_cache": self.reuse_cache, "adaptive": self.adaptive,
-                "max_draft_tokens": self.max_draft_tokens, "repetition_penalty": float(self.repetition_penalty)}
+                "max_draft_tokens": self.max_draft_tokens, "repetition_penalty": float(self.repetition_penalty),
+                "skip_forced": self.skip_forced}
 
     def greedy_kwargs(self) -> dict:
         """What `generate` gets on the plain path: every setting explicit, so generation_config.json decides none."""

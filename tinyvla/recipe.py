@@ -19,7 +19,7 @@ import yaml
 
 from tinyvla.core.ensemble import WEIGHTINGS, EnsembleConfig
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS
-from tinyvla.envs.blockfind import EXPERT_PATHS
+from tinyvla.envs.blockfind import EXPERT_KINDS, EXPERT_PATHS
 from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
 
@@ -57,6 +57,7 @@ class DataConfig:
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
     generate_path: str = "diagonal"  # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
+    generate_expert: str = "coarse"  # BlockFind expert moves: coarse (-1/0/+1 per axis) | continuous (∝ distance, clipped)
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -75,7 +76,8 @@ class DataConfig:
     def blockfind_generation(self) -> dict:
         """The kind of BlockFind demos to generate (keyword arguments of generate_episodes / generate_dataset)."""
         return {"n_blocks": self.generate_blocks, "paired": self.generate_paired,
-                "home_layouts": self.generate_home_layouts, "path": self.generate_path}
+                "home_layouts": self.generate_home_layouts, "path": self.generate_path,
+                "expert": self.generate_expert}
 
 
 @dataclass
@@ -176,6 +178,7 @@ class Recipe:
             "eval.ensemble": (self.eval.ensemble, WEIGHTINGS),
             "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
             "data.generate_path": (self.data.generate_path, EXPERT_PATHS),
+            "data.generate_expert": (self.data.generate_expert, EXPERT_KINDS),
             "eval.seeding": (self.eval.seeding, ("per_task", "per_episode")),
         }
         if self.data.suite is not None:

@@ -161,10 +161,12 @@ def generate(
                                             "(a curriculum: the colour word alone points the way there)."),
     path: str = typer.Option("diagonal", "--path", help="How the expert moves: diagonal (both axes at once) or "
                                                         "x_first (align x, then y)."),
+    expert: str = typer.Option("coarse", "--expert", help="How big the expert's moves are: coarse (-1/0/+1 per axis) "
+                                                          "or continuous (proportional to the distance, clipped)."),
 ):
     """Write BlockFind expert demonstrations as a LeRobot v2.0 dataset (the physical-intelligence/libero layout)."""
     from tinyvla.envs.blockfind import generate_dataset  # lazy: keeps `tinyvla --help` fast
 
     written = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks,
-                               paired=paired, home_layouts=home_layouts, path=path)
+                               paired=paired, home_layouts=home_layouts, path=path, expert=expert)
     typer.echo(f"wrote {written}")

@@ -19,7 +19,7 @@ import typer
 
 
 def evaluate(
-    ckpt: Annotated[str, typer.Argument(help="Policy directory (runs/NAME/final or an export), or a baseline: random, expert.")],
+    ckpt: Annotated[str, typer.Argument(help="Policy directory (runs/NAME/final or an export), a `tinyvla serve` address ws://HOST:PORT, or a baseline: random, expert.")],
     suite: Annotated[Optional[str], typer.Option(help="blockfind-reach, blockfind, libero_spatial, libero_object, libero_goal, libero_10, libero_90.")] = None,
     episodes_per_task: Annotated[int, typer.Option(help="Episodes per task (LIBERO: init states 0..N-1).")] = 50,
     tasks: Annotated[Optional[str], typer.Option(help="Task ids, e.g. 0,2,5-7 (default: all).")] = None,

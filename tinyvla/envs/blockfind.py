@@ -292,10 +292,15 @@ def _sample_separated(rng, n, lo_hi, min_dist, tries=1000) -> np.ndarray:
 # the choice of block is made by dx — the first integer of the answer, predicted at the instruction's last word under
 # instruction_position=end — while dy only has to finish the move to the block in the gripper's column.
 EXPERT_PATHS = ("diagonal", "x_first")
+# How big the expert's moves are: coarse (each axis -1, 0 or +1: ints 0 / 500 / 1000, which a tiny model learns best and
+# which makes chunk-shift speculation look better than it is) or continuous (proportional to the remaining distance,
+# clipped to one full move: every integer of the answer carries information, as on a real robot).
+EXPERT_KINDS = ("coarse", "continuous")
+CONTINUOUS_GAIN = 0.7  # share of the remaining offset covered per step (FACTS §6's continuous expert)
 
 
 def expert_action(env: BlockFindEnv, rng: np.random.Generator, noise: float = 0.1, color: str | None = None,
-                  step: float = 1.0, path: str = "diagonal") -> np.ndarray:
+                  step: float = 1.0, path: str = "diagonal", kind: str = "coarse") -> np.ndarray:
     """Scripted noisy expert with coarse actions (FACTS §6: a tiny model learns these far better than continuous ones).
 
     Each movement axis is -step, 0 or +step (ints 0 / 500 / 1000 after min/max scaling): move towards the block of
@@ -303,6 +308,9 @@ def expert_action(env: BlockFindEnv, rng: np.random.Generator, noise: float = 0.
     `path` says whether both axes move together or x first (EXPERT_PATHS). With probability `noise` the step is
     instead a random coarse move with the gripper open, so the demonstrations show how to recover from being pushed
     off course. dz and the rotations are always 0.
+
+    kind="continuous" (EXPERT_KINDS) moves each axis by CONTINUOUS_GAIN of the remaining offset, clipped to +-step,
+    and closes the gripper once the block is within half the grasp radius; its noise moves are uniform in +-step.
     """
     color = color or env.target_color
     if color not in env.block_colors:  # e.g. a colour-blind policy whose colour is absent: go to the nearest block
@@ -311,10 +319,19 @@ def expert_action(env: BlockFindEnv, rng: np.random.Generator, noise: float = 0.
         i = env.block_colors.index(color)
     a = np.zeros(7, dtype=np.float32)
     if rng.random() < noise:
-        a[:2] = rng.integers(-1, 2, size=2) * step
+        a[:2] = (rng.uniform(-1.0, 1.0, size=2) if kind == "continuous" else rng.integers(-1, 2, size=2)) * step
         a[6] = -1.0
         return a
     d = env.block_pos[i] - env.gripper_pos
+    if kind == "continuous":
+        if np.linalg.norm(d) <= GRASP_RADIUS / 2:
+            a[6] = 1.0
+            return a
+        a[:2] = np.clip(CONTINUOUS_GAIN * d / MOVE_SCALE, -step, step)
+        if path == "x_first" and abs(d[0]) > GRASP_RADIUS / 4:
+            a[1] = 0.0
+        a[6] = -1.0
+        return a
     dead = step * MOVE_SCALE / 2  # within half a move: moving again would overshoot
     a[:2] = np.where(np.abs(d) > dead, np.sign(d) * step, 0.0)
     if path == "x_first" and a[0]:
@@ -349,7 +366,8 @@ def run_policy(env_factory: Callable[[], BlockFindEnv], policy_fn: Callable, epi
 
 def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64, only_success: bool = True,
                       noise: float = 0.1, max_steps: int = DEFAULT_MAX_STEPS, n_blocks: int = 3,
-                      paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal") -> Iterator[dict]:
+                      paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal",
+                      expert: str = "coarse") -> Iterator[dict]:
     """Yield `episodes` expert rollouts (only successful ones unless only_success=False), deterministic in `seed`.
 
     paired=True (the `blockfind` level only) demonstrates every block of a layout in turn from the same gripper start:
@@ -362,7 +380,8 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
     only, the word helps only jointly with the image, and a small model from scratch or from the reach policy never
     starts reading it (its hidden state at the answer does not change with the word).
 
-    path="x_first" makes the expert align x before moving along y (`expert_action`).
+    path="x_first" makes the expert align x before moving along y (`expert_action`); expert="continuous" makes its
+    moves proportional to the remaining distance instead of coarse (EXPERT_KINDS).
 
     Each dict: task (str), image / wrist_image uint8 (T, S, S, 3), state float32 (T, 8), actions float32 (T, 7),
     success (bool). Frame t holds the observation the expert saw and the action it took there; the last frame's
@@ -376,6 +395,8 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
         raise UserError(f"home_layouts is a share of the layouts, in [0, 1]; got {home_layouts}")
     if path not in EXPERT_PATHS:
         raise UserError(f"unknown expert path {path!r}; valid: {', '.join(EXPERT_PATHS)}")
+    if expert not in EXPERT_KINDS:
+        raise UserError(f"unknown expert kind {expert!r}; valid: {', '.join(EXPERT_KINDS)}")
     env = make_env(suite, image_size=image_size, max_steps=max_steps, n_blocks=n_blocks)
     master = np.random.default_rng(seed)
     made, attempts, siblings = 0, 0, []
@@ -395,7 +416,7 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
                 siblings = [(layout_seed, home, c) for c in reversed(env.block_colors) if c != env.target_color]
         frames = {"image": [], "wrist_image": [], "state": [], "actions": []}
         while True:
-            a = expert_action(env, master, noise=noise, path=path)
+            a = expert_action(env, master, noise=noise, path=path, kind=expert)
             for k in ("image", "wrist_image", "state"):
                 frames[k].append(obs[k])
             frames["actions"].append(a)
@@ -416,14 +437,15 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
 
 
 def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10,
-                     n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal"):
+                     n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal",
+                     expert: str = "coarse"):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
     from tinyvla.progress import track
 
-    settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path)
+    settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path, expert)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
-                            home_layouts=home_layouts, path=path)
+                            home_layouts=home_layouts, path=path, expert=expert)
     eps = track(eps, episodes, f"generate {suite}", "episodes")  # a bar on a terminal, plain lines in a log
     # The settings go into meta/ with the data, so a later run can tell whether the demos still fit its recipe.
     return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind",
@@ -434,10 +456,12 @@ GENERATION_FILE = "meta/blockfind_generation.json"  # relative to the dataset ro
 
 
 def generation_settings(suite: str, episodes: int, seed: int = 0, image_size: int = 64, n_blocks: int = 3,
-                        paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal") -> dict:
+                        paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal",
+                        expert: str = "coarse") -> dict:
     """What a generated BlockFind dataset was made with (written beside it, compared when a recipe reuses it)."""
     return {"suite": suite, "episodes": int(episodes), "seed": int(seed), "image_size": int(image_size),
-            "n_blocks": int(n_blocks), "paired": bool(paired), "home_layouts": float(home_layouts), "path": path}
+            "n_blocks": int(n_blocks), "paired": bool(paired), "home_layouts": float(home_layouts), "path": path,
+            "expert": expert}
 
 
 def time_render(image_size: int = 64, n: int = 2000) -> float:

@@ -166,10 +166,11 @@ def _accepts_logits_to_keep(model) -> bool:
 class _Row:
     """One answer being written: grammar state, tokens so far, its draft."""
 
-    __slots__ = ("state", "tokens", "draft", "done", "budget")
+    __slots__ = ("state", "tokens", "draft", "done", "budget", "forced_only")
 
     def __init__(self, state, draft):
         self.state, self.tokens, self.draft, self.done = state, [], draft, False
+        self.forced_only = False  # this pass offers only grammar-forced tokens (`skip_forced`), not a guess
         self.budget = 1 << 30  # draft tokens offered per pass: no limit until a draft is rejected (`adaptive`)
 
 
@@ -187,6 +188,7 @@ def speculative_generate(
     reuse_cache: bool = True,
     max_draft_tokens: int | None = None,
     adaptive: bool = True,
+    skip_forced: bool = True,
     repetition_penalty: float = 1.0,
 ) -> tuple[list[list[int]], DecodeStats]:
     """Constrained greedy decoding with chunk drafts. Returns each row's generated token ids (EOS included) and stats.
@@ -205,6 +207,10 @@ def speculative_generate(
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
       long pass).
+    skip_forced: where the grammar allows exactly one token next (the space after a 3-digit integer, the EOS after
+      the last one) and a row has no draft tokens to offer, offer those forced tokens as its draft: the argmax over a
+      one-token set is that token, so they are always kept and need no pass of their own. Plain greedy decoding
+      (no drafts at all) then takes one pass per non-forced token.
     repetition_penalty: as `generate`'s (DecodingConfig.repetition_penalty): applied before the grammar's argmax at every position to
       the tokens of the row's prompt (not its left padding, as `generate` does) and of its answer so far.
     """
@@ -246,8 +252,26 @@ def speculative_generate(
     keep_arg = _accepts_logits_to_keep(model)
     dim = constraint.grammar.dim
 
+    def forced_tokens(state) -> list[int]:
+        """The tokens the grammar forces from `state` on (none when two or more are allowed)."""
+        out = []
+        while state is not None and state != FINISHED and len(out) < max_new:
+            ids = constraint.allowed_token_ids(state)
+            if len(ids) != 1 or ids[0] not in local:
+                break
+            out.append(ids[0])
+            state = constraint.advance_token(state, ids[0])
+        return out
+
     def draft_tokens(row: _Row, pass_index: int) -> list[int]:
-        if row.done or row.draft is None or (pass_index > 0 and not (redraft and reuse_cache)):
+        if row.done:
+            return []
+        ids = guessed_tokens(row, pass_index)
+        row.forced_only = not ids and skip_forced
+        return ids if not row.forced_only else forced_tokens(row.state)
+
+    def guessed_tokens(row: _Row, pass_index: int) -> list[int]:
+        if row.draft is None or (pass_index > 0 and not (redraft and reuse_cache)):
             return []
         # The integers completed so far: the answer's text up to its last space.
         text = "".join(constraint.candidates.get(t, "") for t in row.tokens)
@@ -345,7 +369,7 @@ def speculative_generate(
                     pending[b] = tok
                 break
             stats.accepted += kept[b]
-            if d:  # halve on a rejection, double on a full acceptance: see `adaptive`
+            if d and not r.forced_only:  # halve on a rejection, double on a full acceptance: see `adaptive`
                 r.budget = min(2 * r.budget, 1 << 30) if kept[b] == len(d) else max(MIN_DRAFT, len(d) // 2)
 
         # Rejected draft columns become holes; crop every column past the longest kept row.

@@ -80,9 +80,10 @@ def _check_generated_data_fits(cfg) -> None:
     if not made.is_file():  # written by hand, by `data generate` of an older tinyvla, or not BlockFind's generator
         return
     wanted = generation_settings(cfg.suite, cfg.generate_episodes, cfg.generate_seed, **cfg.blockfind_generation())
-    have = {"path": "diagonal", **json.loads(made.read_text())}  # the only path before `path` was recorded
+    # the only path / expert before `path` / `expert` were recorded
+    have = {"path": "diagonal", "expert": "coarse", **json.loads(made.read_text())}
     # the kind of demos, not how many: a dataset made with `tinyvla data generate --episodes N` is the user's choice
-    differ = [k for k in ("suite", "n_blocks", "paired", "home_layouts", "path") if have.get(k) != wanted[k]]
+    differ = [k for k in ("suite", "n_blocks", "paired", "home_layouts", "path", "expert") if have.get(k) != wanted[k]]
     if differ:
         diff = ", ".join(f"{k} {have.get(k)!r} (recipe: {wanted[k]!r})" for k in differ)
         raise UserError(f"{cfg.repo} was generated with other settings: {diff}; remove it or set data.repo to a "
