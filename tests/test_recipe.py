@@ -58,9 +58,9 @@ def test_parse_override_values():
         ("", ["train.schedule=cosin"], "train.schedule: 'cosin' is not one of constant, cosine (did you mean 'cosine'?)"),
         ("", ["data.suite=libero_obj"], "data.suite: 'libero_obj' is not one of"),
         ("", ["eval.execute_horizon=9"], "eval.execute_horizon must be in 1..actions.horizon"),
-        ("", ["data.generate_blocks=5"], "data.generate_blocks must be in 2..4"),
+        ("", ["data.generate_blocks=5"], "data.generate_blocks must be in [2, 4] (BlockFind has four colours)"),
         ("", ["data.suite=blockfind-reach", "data.generate_paired=true"], "data.generate_paired needs data.suite=blockfind"),
-        ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts is a share of the layouts"),
+        ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts must be in [0, 1] (a share of the layouts)"),
         ("", ["data.instruction_position=first"], "data.instruction_position: 'first' is not one of after_images, "
                                                    "before_images, end"),
         ("", ["data.instruction_first=true"], "no such key (did you mean 'instruction_position'?)"),
