@@ -73,6 +73,15 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def describe(pid: int) -> str:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+        return f"state {state}, {cmd}"
+    except OSError:
+        return "gone"
+
+
 def temp_dirs(out: Path, mode: str) -> list[Path]:
     if mode == "checkpoint":
         return list((out / "checkpoints").glob(".step-*.tmp")) if (out / "checkpoints").is_dir() else []
@@ -117,10 +126,13 @@ def crash(out: Path, mode: str, rng: random.Random, training_seconds: float) -> 
         workers |= children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # Workers must go with the trainer (prctl PDEATHSIG): give the kernel a moment, then look.
-    time.sleep(0.5)
-    orphans = sorted(w for w in workers if alive(w))
-    for w in orphans:  # clean up so one failure does not slow the next iteration
+    # Workers must go with the trainer (prctl PDEATHSIG). On a loaded machine the kernel may take a moment to reap them;
+    # torch's own watchdog would only notice after 5 s, and only in a worker waiting for work.
+    deadline = time.time() + 2.0
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.05)
+    orphans = [f"{w} ({describe(w)})" for w in sorted(workers) if alive(w)]
+    for w in [w for w in workers if alive(w)]:  # clean up so one failure does not slow the next iteration
         os.kill(w, signal.SIGKILL)
     return {"killed": not finished, "where": where if not finished else "not killed: finished first",
             "workers_seen": len(workers), "orphans": orphans}

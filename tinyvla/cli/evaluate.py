@@ -56,6 +56,12 @@ def evaluate(
                              ("--video", video, 0), ("--offline-frames", offline_frames, 1)):
         if value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    if device is not None:
+        _check_device(device)
+    if out is not None:
+        from tinyvla.core.atomic import check_output_dir
+
+        check_output_dir(out)
     if num_threads is not None:
         if num_threads < 1:
             raise UserError(f"--num-threads must be >= 1, got {num_threads}")
@@ -190,6 +196,19 @@ def _load_policy(ckpt: str, device: str | None):
     return policy, checkpoint_identity(root)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
 def _apply_ensemble(policy, weighting, size, execute_horizon) -> dict | None:
     """Override the policy's stored ensembling defaults; returns what will be used (None for baselines)."""
     cfg = getattr(policy, "ensemble_cfg", None)
@@ -254,6 +273,10 @@ def run_offline(policy, identity: dict, repo: str, out: Path, n_frames: int = 25
 
         console = Console()
     reader, frames, split = _heldout_frames(policy, repo)
+    data_dim = int(np.asarray(reader.actions()).shape[-1])
+    if data_dim != policy.prompt.dim:
+        raise UserError(f"--repo {repo} has {data_dim}-dimensional actions but the policy writes {policy.prompt.dim}; "
+                        "score it on the dataset it was trained on (or one with the same action layout)")
     rng = np.random.default_rng(0 if seed is None else seed)
     if len(frames) > n_frames:
         frames = np.sort(rng.choice(frames, size=n_frames, replace=False))

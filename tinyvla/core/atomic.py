@@ -39,6 +39,32 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """A directory we may create or write into: not an existing file, not under a file, writable. One clear line."""
+    from tinyvla.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is an existing file; choose a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, so no directory can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {parent} is not writable; choose another {flag}")
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """A file we may (over)write: not an existing directory, its parent a directory (or makeable) and writable."""
+    from tinyvla.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is an existing directory; give a file name")
+    check_output_dir(path.parent, flag)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

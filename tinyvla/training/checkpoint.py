@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
-from tinyvla.core.atomic import apply_umask, recover_replaced_dir, replace_dir, write_json_atomic, write_text_atomic
+from tinyvla.core.atomic import (apply_umask, check_output_dir, recover_replaced_dir, replace_dir, write_json_atomic,
+                                 write_text_atomic)
 from tinyvla.errors import UserError
 
 CHECKPOINT_PREFIX = "step-"
@@ -167,24 +169,11 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, keep_la
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """A usable --out, checked before any data loads: not a file, not under a file, writable."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is an existing file; choose a directory")
-    parent = out_dir
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {out_dir}: {parent} is a file, so no directory can be made under it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out_dir}: {parent} is not writable; choose another --out")
-
-
 class RunLock:
     """An exclusive flock on DIR/.lock, held for the life of the training (the kernel drops it if the process dies)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, created: bool = False):
+        self.out_dir, self.created = Path(out_dir), created  # created: the directory did not exist before this run
         path = Path(out_dir) / LOCK
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -201,6 +190,16 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a waiting locker)
             self.fd = None
+
+    def undo_if_unused(self) -> None:
+        """A run that failed before it wrote anything but its recipe leaves no trace (a rerun needs no --overwrite)."""
+        if self.fd is None or {p.name for p in self.out_dir.iterdir()} - {LOCK, "recipe.yaml"}:
+            return
+        (self.out_dir / "recipe.yaml").unlink(missing_ok=True)
+        if self.created:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        else:
+            (self.out_dir / LOCK).unlink(missing_ok=True)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -230,9 +229,10 @@ def claim_run_dir(out_dir: Path, recipe, resume: bool, overwrite: bool) -> RunLo
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    check_out_dir(out_dir)
+    check_output_dir(out_dir)  # before any data loads or model builds
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out_dir)
+    lock = RunLock(out_dir, created)
     try:
         ours = [name for name in RUN_FILES if (out_dir / name).exists()]
         others = sorted(p.name for p in out_dir.iterdir() if p.name not in RUN_FILES and p.name != LOCK
@@ -254,7 +254,8 @@ def claim_run_dir(out_dir: Path, recipe, resume: bool, overwrite: bool) -> RunLo
                 path = out_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         _remove_leftovers(out_dir)
-        save_recipe(recipe, out_dir / "recipe.yaml")
+        if not resume:  # a resumed run keeps the recipe it started with until it writes final/
+            save_recipe(recipe, out_dir / "recipe.yaml")
     except BaseException:
         lock.release()
         raise
@@ -289,12 +290,13 @@ def _remove_leftovers(out_dir: Path) -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux; a no-op elsewhere).
 
     DataLoader workers and the ranks `accelerate launch` / torchrun start are children that otherwise keep running
-    when their parent is killed -9: a worker spinning on, or ranks training to the end while holding the GPUs."""
-    parent = os.getppid()
+    when their parent is killed -9: a worker spinning on, or ranks training to the end while holding the GPUs.
+    `parent`: the PID the parent had (known to the parent); if it died before this call, we are already orphaned."""
+    parent = parent or os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -304,8 +306,13 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def worker_init_fn(worker_id: int) -> None:  # DataLoader(worker_init_fn=...): must be a module-level function
-    die_with_parent()
+def worker_dies_with_me() -> functools.partial:
+    """A DataLoader worker_init_fn that makes each worker die with this process (the one creating the loader)."""
+    return functools.partial(_init_worker, os.getpid())
+
+
+def _init_worker(parent: int, worker_id: int) -> None:
+    die_with_parent(parent)
 
 
 def launched_by_a_launcher() -> bool:

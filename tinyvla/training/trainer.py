@@ -171,6 +171,10 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     lock = checkpoint.claim_run_dir(out_dir, recipe, resume, overwrite or (smoke_test and not resume)) if main else None
     try:
         return _train(recipe, accelerator, resume, console, log, ckpt_dir)
+    except BaseException:
+        if lock is not None and (lock.created or not resume):  # never undo the recipe of a run being resumed
+            lock.undo_if_unused()
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -211,7 +215,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=recipe.data.num_workers, collate_fn=lambda items: processor.collate(items, padding_side="right"),
-        persistent_workers=False, worker_init_fn=checkpoint.worker_init_fn,
+        persistent_workers=False, worker_init_fn=checkpoint.worker_dies_with_me(),
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
     steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
