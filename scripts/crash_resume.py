@@ -107,18 +107,18 @@ def crash(out: Path, mode: str, rng: random.Random, training_seconds: float) -> 
         while time.time() < deadline and proc.poll() is None:
             workers |= children(proc.pid)
             time.sleep(0.005)
-        where = f"at {time.time() - start:.2f} s"
+        where = f"killed at {time.time() - start:.2f} s"
     else:
         # Kill inside the k-th save of this kind, a random few milliseconds after it began.
         target = rng.randint(1, STEPS) if mode == "checkpoint" else 1
-        seen, where = set(), "never (the run finished first)"
+        seen, where = set(), "not killed (the run finished first)"
         while proc.poll() is None:
             workers |= children(proc.pid)
             new = [p for p in temp_dirs(out, mode) if p.name not in seen]
             seen |= {p.name for p in new}
             if new and len(seen) >= target:
                 time.sleep(rng.uniform(0.0, 0.05))
-                where = f"inside {mode} save #{len(seen)} ({new[0].name}) at {time.time() - start:.2f} s"
+                where = f"killed inside {mode} save #{len(seen)} ({new[0].name}) at {time.time() - start:.2f} s"
                 break
             time.sleep(0.001)
     finished = proc.poll() is not None
@@ -134,7 +134,7 @@ def crash(out: Path, mode: str, rng: random.Random, training_seconds: float) -> 
     orphans = [f"{w} ({describe(w)})" for w in sorted(workers) if alive(w)]
     for w in [w for w in workers if alive(w)]:  # clean up so one failure does not slow the next iteration
         os.kill(w, signal.SIGKILL)
-    return {"killed": not finished, "where": where if not finished else "not killed: finished first",
+    return {"killed": not finished, "where": where if not finished else "not killed (the run finished first)",
             "workers_seen": len(workers), "orphans": orphans}
 
 
@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = not problems
         passed += ok
         resumed = next((line.split("checkpoints/")[-1].split()[0] for line in result.stdout.splitlines()
-                        if "resumed from" in line), "from scratch")
-        print(f"[{i + 1}/{args.iterations}] {mode:<10} killed {event['where']}; {event['workers_seen']} worker(s); "
+                        if "resumed from" in line), "scratch")
+        print(f"[{i + 1}/{args.iterations}] {mode:<10} {event['where']}; {event['workers_seen']} worker(s); "
               f"{how} from {resumed} -> {'identical' if ok else 'FAIL: ' + '; '.join(problems)}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     print(f"identical: {passed} / {args.iterations} ({killed} killed mid-run), {time.time() - t0:.0f} s in all")

@@ -98,3 +98,71 @@ def test_crash_injection_resumes_bit_identically(tmp_path):
     finally:
         sys.path.pop(0)
     assert crash_resume.main(["--iterations", "2", "--modes", "checkpoint,final", "--work", str(tmp_path / "w")]) == 0
+
+
+RACE_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from tinyvla.training import checkpoint
+
+accelerator = Accelerator(cpu=True)
+assert accelerator.num_processes == 2, accelerator.num_processes
+model = torch.nn.Linear(4, 4)
+optimizer = torch.optim.AdamW(model.parameters())
+model, optimizer = accelerator.prepare(model, optimizer)
+save_state = accelerator.save_state
+if accelerator.process_index == 1:  # a slow rank: rank 0 must not publish the checkpoint before it is done
+    def slow_save_state(path):
+        time.sleep(1.5)
+        return save_state(path)
+    accelerator.save_state = slow_save_state
+ckpt_dir = Path(sys.argv[1])
+final = checkpoint.save_checkpoint(accelerator, ckpt_dir, 1, {"epoch": 0, "micro_in_epoch": 1}, keep_last=2)
+if accelerator.is_main_process:
+    assert checkpoint.list_checkpoints(ckpt_dir) == [final]
+    assert (final / "random_states_1.pkl").is_file(), sorted(p.name for p in final.iterdir())
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_published_only_after_every_rank_wrote_it(tmp_path):
+    """Issue #15 item 1: two processes (gloo), rank 1 slow to save; the checkpoint must hold rank 1's files."""
+    script = tmp_path / "race.py"
+    script.write_text(RACE_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", str(script), str(tmp_path / "ckpts")],
+                            env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    marker = (tmp_path / "ckpts" / "step-00000001" / "COMPLETE.json").read_text()
+    assert "random_states_0.pkl" in marker and "random_states_1.pkl" in marker
+
+
+@pytest.mark.slow
+def test_killing_accelerate_launch_stops_its_ranks(tmp_path):
+    """Issue #15 item 6: `accelerate launch` keeps its ranks running after a kill -9 of the launcher unless each rank
+    asked to die with its parent (the trainer does, when started by a launcher)."""
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "-m", "tinyvla.cli.main", "train", RECIPE, *[a for o in LONG + ["train.log_every=1"] for a in ("--set", o)],
+         "--out", str(out)], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = set()
+    try:
+        def training():
+            ranks.update(int(c) for t in Path(f"/proc/{launcher.pid}/task").glob("*")
+                         for c in (t / "children").read_text().split())
+            return (out / "metrics.jsonl").is_file()
+
+        wait_until(training, 240, "two ranks training")
+        assert len(ranks) >= 2, ranks
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        wait_until(lambda: not any(alive(r) for r in ranks), 10, "the ranks to die with the launcher")
+    finally:
+        launcher.kill()
+        for r in ranks:
+            if alive(r):
+                os.kill(r, signal.SIGKILL)

@@ -101,7 +101,8 @@ def select_resume_checkpoint(ckpt_dir: Path, log=print) -> Path:
     """The newest complete checkpoint; each newer, broken one is named with what is wrong with it."""
     found = all_checkpoints(ckpt_dir)
     if not found:
-        raise UserError(f"--resume: no checkpoint under {ckpt_dir}; start without --resume")
+        raise UserError(f"--resume: no checkpoint under {ckpt_dir} yet; start the run anew (without --resume; add "
+                        "--overwrite if a killed run left files there)")
     broken = []
     for path in reversed(found):
         problem = checkpoint_problem(path)
