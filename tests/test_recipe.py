@@ -90,3 +90,35 @@ def test_overrides_do_not_touch_other_keys():
     data = {"train": {"lr": 1.0}}
     apply_overrides(data, ["train.seed=3"])
     assert data == {"train": {"lr": 1.0, "seed": 3}}
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, key + ".")
+        elif {int, float} & set(typing.get_args(tp) or (tp,)):
+            yield key
+
+
+def test_every_numeric_knob_has_a_range():
+    """A new int / float recipe field needs a line in recipe.RANGES, so a bad value fails at load, not in torch."""
+    from tinyvla.recipe import RANGES, Recipe
+
+    numeric = set(_numeric_fields(Recipe))
+    assert numeric - set(RANGES) == set(), "add these to RANGES"
+    assert set(RANGES) - numeric - {"train.betas"} == set(), "RANGES names fields that do not exist"
+
+
+def test_choice_fields_carry_their_values_and_the_defaults_are_valid():
+    import typing
+
+    from tinyvla.recipe import Recipe, TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)["schedule"]
+    assert typing.get_args(hint) == ("constant", "cosine")
+    Recipe().validate()  # every default inside its own range and choices

@@ -430,7 +430,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (byte {err.start}); a recipe is a YAML file") from None
-    if not text.strip():
+    if not text.strip() and not overrides:  # (an empty file plus --set overrides is a recipe made of overrides)
         raise UserError(f"{path} is empty; a recipe needs at least model / data sections (see recipes/tiny-cpu.yaml)")
     try:
         data = yaml.safe_load(text)
