@@ -14,7 +14,6 @@ where every GPU sees the whole dataset.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
