@@ -103,13 +103,13 @@ def crash(out: Path, mode: str, rng: random.Random, training_seconds: float) -> 
     workers: set[int] = set()
     if mode == "random":
         wait_for_claim(proc, out)
-        deadline = time.time() + rng.uniform(0.0, training_seconds)
+        deadline = time.time() + rng.uniform(0.0, 0.9 * training_seconds)
         while time.time() < deadline and proc.poll() is None:
             workers |= children(proc.pid)
             time.sleep(0.005)
         where = f"killed at {time.time() - start:.2f} s"
     else:
-        # Kill inside the k-th save of this kind, a random few milliseconds after it began.
+        # Kill inside the k-th save of this kind (or the first one seen after it), a few milliseconds after it began.
         target = rng.randint(1, STEPS) if mode == "checkpoint" else 1
         seen, where = set(), "not killed (the run finished first)"
         while proc.poll() is None:
@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.iterations):
         mode = modes[i % len(modes)]
         out = args.work / f"run-{i:02d}"
-        event = crash(out, mode, rng, duration - startup)
+        for _ in range(3):  # a run that finished before its kill moment crashed nowhere: start that iteration again
+            shutil.rmtree(out, ignore_errors=True)
+            event = crash(out, mode, rng, duration - startup)
+            if event["killed"]:
+                break
         killed += event["killed"]
         result = run(out, "--resume")
         how = "--resume"
