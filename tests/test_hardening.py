@@ -314,3 +314,20 @@ def test_a_run_that_fails_before_training_leaves_nothing(capsys, tmp_path):
     expect_one_error(capsys, tmp_path, ["train", RECIPE, *sets(*TINY, f"data.repo={tmp_path / 'missing'}"),
                                         "--out", out], "missing")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_replacing_a_directory_always_leaves_a_complete_copy(tmp_path, monkeypatch, exchange):
+    from tinyvla.core import atomic
+
+    if not exchange:  # a filesystem without RENAME_EXCHANGE: the fallback and its crash recovery
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "step-00000002"
+    for content in ("old", "new"):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "weights").write_text(content)
+    assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    # A kill between the fallback's two renames leaves only `.NAME.old`; recovery puts it back whole.
+    os.replace(target, atomic.old_copy(target))
+    atomic.recover_replaced_dir(target)
+    assert (target / "weights").read_text() == "new" and not atomic.old_copy(target).exists()
