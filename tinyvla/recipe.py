@@ -23,14 +23,11 @@ from typing import Literal
 
 import yaml
 
+from tinyvla.core.ensemble import WEIGHTINGS, EnsembleConfig
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS
 from tinyvla.envs.blockfind import EXPERT_PATHS
+from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
-
-LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-BLOCKFIND_SUITES = ("blockfind-reach", "blockfind")
-# "libero_all" = the four suites VLA-0 trains one policy on (libero_90 is not part of it).
-DATA_SUITES = BLOCKFIND_SUITES + LIBERO_SUITES + ("libero_all",)
 
 
 @dataclass
@@ -46,7 +43,8 @@ class LoraConfig:
 class ModelConfig:
     name: str = "qwen3-2b"  # short name (qwen3-2b ...), tiny-qwen3 / tiny-qwen2.5, arch:NAME, HF id, or local dir
     tokenizer: str | None = None  # None = the model's own; "qwen" (real vocab, offline) or "tiny" (byte-level)
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"  # bf16 halves memory vs fp32 with no loss seen in VLA-0; CPU runs use fp32
+    # bf16 halves memory vs fp32 with no loss seen in VLA-0; CPU runs use fp32
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     attn_implementation: str | None = "sdpa"  # sdpa | flash_attention_2 | eager
     trust_remote_code: bool = False  # stock transformers classes only, unless you really need remote code
     tiny: dict = field(default_factory=dict)  # size overrides for tiny-* models (hidden_size, num_hidden_layers, ...)
@@ -59,13 +57,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     repo: str = "physical-intelligence/libero"  # LeRobot dir or hub id, or a raw LIBERO HDF5 folder
-    suite: Literal[DATA_SUITES] | None = "libero_all"  # which tasks to train on; blockfind* also generates the data when missing
+    # which tasks to train on; blockfind* also generates the data when missing
+    suite: Literal[DATA_SUITES] | None = "libero_all"
     generate_episodes: int = 400  # blockfind only: expert demonstrations to generate if `repo` does not exist
     generate_seed: int = 0
     generate_blocks: int = 3  # blockfind only: blocks per demo scene (evaluation uses 3); more = fewer "nearest" wins
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
-    generate_path: Literal[EXPERT_PATHS] = "diagonal"  # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
+    # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
+    generate_path: Literal[EXPERT_PATHS] = "diagonal"
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -107,7 +107,7 @@ class TrainConfig:
     lr: float = 5e-6  # taken as written: never scaled by the GPU count
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw | adamw8bit (bitsandbytes; saves ~75% of optimizer memory)
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes, saves ~75% of optimizer memory
     schedule: Literal["constant", "cosine"] = "constant"  # constant (VLA-0) | cosine (decays to min_lr_ratio x lr)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -127,6 +127,15 @@ class TrainConfig:
     wandb: bool = False
     out_dir: str | None = None  # None = runs/<recipe name>
 
+    def total_steps(self, frames_per_process: int) -> int:
+        """Optimizer steps a run takes: max_steps, else epochs x the whole accumulated batches of one process's share
+        of an epoch (the trainer drops an epoch's partial batch and partial accumulation). The trainer and the
+        bench / doctor estimates both use this."""
+        if self.max_steps:
+            return int(self.max_steps)
+        steps_per_epoch = max(1, (frames_per_process // self.batch_size) // self.grad_accum)
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
+
 
 @dataclass
 class EvalConfig:
@@ -137,10 +146,11 @@ class EvalConfig:
     seed: int = 7  # openpi / VLA-0 protocol seed
     wait_steps: int = 10  # no-op steps after reset while objects settle
     resolution: int = 256  # render size
-    ensemble: Literal["vla0", "exp", "uniform", "none"] = "vla0"  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none; none costs ~2 pt in VLA-0
-    ensemble_size: int = 8  # chunks kept
-    exp_w: float = 0.5  # decay for ensemble=exp
-    execute_horizon: int = 1  # steps between queries; 1 = re-query every step (VLA-0)
+    # Ensembling (defaults: tinyvla.core.ensemble.EnsembleConfig, whose names the policy records)
+    ensemble: Literal[WEIGHTINGS] = EnsembleConfig.weighting  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none
+    ensemble_size: int = EnsembleConfig.max_chunks  # chunks kept
+    exp_w: float = EnsembleConfig.exp_w  # decay for ensemble=exp
+    execute_horizon: int = EnsembleConfig.execute_horizon  # steps between queries; 1 = re-query every step (VLA-0)
     video: int = 0  # episodes per task saved as MP4
     speculative: bool = True  # chunk-shift speculative decoding (identical output, fewer forward passes)
 
