@@ -19,7 +19,7 @@ def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, image: n
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
     """One observation -> {input_ids (list), pixel_values, image_grid_thw}, ready for `processor.collate`."""
     images = model_images(image, wrist_image, image_spec, rng)
-    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position)
+    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position, prompt.vision_id)
 
 
 def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec, sample: dict, action_text: str,

@@ -2,9 +2,9 @@
 
 A recipe has sections (model, data, actions, train, eval), each a dataclass below; the dataclass defaults are the
 VLA-0 paper settings, so a recipe only writes what it changes. `--set section.key=value` overrides are parsed as YAML
-scalars and type-checked like the file. Every mistake — unknown key, wrong type, bad choice (a `Literal[...]` field),
-a number out of its range (`RANGES`), NaN or infinity — is a `UserError` at load naming the key and, for a misspelling,
-the nearest valid one: nothing deep in torch ever sees a bad knob.
+scalars and type-checked like the file. Every mistake — unknown key, wrong type, bad choice (a `Literal[...]`
+field), a number out of its range (`RANGES`), NaN or infinity — is a `UserError` at load naming the key and, for a
+misspelling, the nearest valid one: nothing deep in torch ever sees a bad knob.
 
 (Over 400 lines on purpose: the sections, the table of ranges and the loader are one concept; a new field is one line
 in a dataclass plus, when it is a number, one line in RANGES, both in this file.)
@@ -72,10 +72,12 @@ class DataConfig:
     image_size: int = 224  # side of each view fed to the model, after the crop
     crop_scale: float = 0.875  # random crop (train) / centre crop (eval) of this fraction of the side, 256 -> 224
     color_jitter: bool = True  # brightness/contrast/saturation 0.2, hue 0.05 in training, as VLA-0
+    jitter_per_view: bool = False  # False: one jitter draw for both views (VLA-0's one ColorJitter call); True: one each
     tile_views: bool = True  # one 2-wide image (VLA-0) vs two images; tiling is slightly better and fewer tokens
     # after_images (VLA-0) | before_images (image tokens can read it) | end (the answer starts at its last word:
     # what lets a model trained from scratch use the words at all; core/prompt.py)
     instruction_position: Literal[INSTRUCTION_POSITIONS] = "after_images"
+    vision_id: bool = False  # "Picture N: " before each image (Qwen2.5-VL add_vision_id; the released VLA-0 checkpoint)
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
 
@@ -153,6 +155,9 @@ class EvalConfig:
     execute_horizon: int = EnsembleConfig.execute_horizon  # steps between queries; 1 = re-query every step (VLA-0)
     video: int = 0  # episodes per task saved as MP4
     speculative: bool = True  # chunk-shift speculative decoding (identical output, fewer forward passes)
+    # LIBERO: per_task (seed once, init states in order: VLA-0/openpi) | per_episode
+    seeding: Literal["per_task", "per_episode"] = "per_task"
+    repetition_penalty: float = 1.0  # 1.0 = plain constrained greedy (the model's generation_config is ignored)
 
 
 @dataclass
@@ -242,6 +247,7 @@ RANGES = {
     "eval.episodes_per_task": _range(1), "eval.max_steps": _range(1), "eval.num_envs": _range(1),
     "eval.seed": _range(0), "eval.wait_steps": _range(0), "eval.resolution": _range(1), "eval.ensemble_size": _range(1),
     "eval.exp_w": _range(0, 1, low_open=True), "eval.execute_horizon": _range(1), "eval.video": _range(0),
+    "eval.repetition_penalty": _range(0, low_open=True, why="1.0 = none"),
 }
 # model.tiny is free-form (sizes of the tiny model): every value a positive number, bar these.
 TINY_FLAGS = {"tie_word_embeddings": bool}
