@@ -58,9 +58,9 @@ def test_parse_override_values():
         ("", ["train.schedule=cosin"], "train.schedule: 'cosin' is not one of constant, cosine (did you mean 'cosine'?)"),
         ("", ["data.suite=libero_obj"], "data.suite: 'libero_obj' is not one of"),
         ("", ["eval.execute_horizon=9"], "eval.execute_horizon must be in 1..actions.horizon"),
-        ("", ["data.generate_blocks=5"], "data.generate_blocks must be in 2..4"),
+        ("", ["data.generate_blocks=5"], "data.generate_blocks must be in [2, 4] (BlockFind has four colours)"),
         ("", ["data.suite=blockfind-reach", "data.generate_paired=true"], "data.generate_paired needs data.suite=blockfind"),
-        ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts is a share of the layouts"),
+        ("", ["data.generate_home_layouts=2"], "data.generate_home_layouts must be in [0, 1] (a share of the layouts)"),
         ("", ["data.instruction_position=first"], "data.instruction_position: 'first' is not one of after_images, "
                                                    "before_images, end"),
         ("", ["data.instruction_first=true"], "no such key (did you mean 'instruction_position'?)"),
@@ -90,3 +90,35 @@ def test_overrides_do_not_touch_other_keys():
     data = {"train": {"lr": 1.0}}
     apply_overrides(data, ["train.seed=3"])
     assert data == {"train": {"lr": 1.0, "seed": 3}}
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, key + ".")
+        elif {int, float} & set(typing.get_args(tp) or (tp,)):
+            yield key
+
+
+def test_every_numeric_knob_has_a_range():
+    """A new int / float recipe field needs a line in recipe.RANGES, so a bad value fails at load, not in torch."""
+    from tinyvla.recipe import RANGES, Recipe
+
+    numeric = set(_numeric_fields(Recipe))
+    assert numeric - set(RANGES) == set(), "add these to RANGES"
+    assert set(RANGES) - numeric - {"train.betas"} == set(), "RANGES names fields that do not exist"
+
+
+def test_choice_fields_carry_their_values_and_the_defaults_are_valid():
+    import typing
+
+    from tinyvla.recipe import Recipe, TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)["schedule"]
+    assert typing.get_args(hint) == ("constant", "cosine")
+    Recipe().validate()  # every default inside its own range and choices

@@ -47,6 +47,12 @@ def evaluate(ckpt: str, suite: str | None = None, episodes_per_task: int = 50, t
                              ("--video", video, 0), ("--offline-frames", offline_frames, 1)):
         if value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    if device is not None:
+        _check_device(device)
+    if out is not None:
+        from tinyvla.core.atomic import check_output_dir
+
+        check_output_dir(out)
     if num_threads is not None:
         if num_threads < 1:
             raise UserError(f"--num-threads must be >= 1, got {num_threads}")
@@ -226,6 +232,19 @@ def _ensemble_overrides(config, weighting, size, execute_horizon) -> dict:
     return changes
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
 def _warn_memory(n_envs: int, console) -> None:
     try:
         total_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -265,6 +284,10 @@ def run_offline(policy, identity: dict, repo: str, out: Path, n_frames: int = 25
 
         console = Console()
     reader, frames, split = _heldout_frames(policy, repo)
+    data_dim, policy_dim = int(np.asarray(reader.actions()).shape[-1]), policy.config.prompt.dim
+    if data_dim != policy_dim:
+        raise UserError(f"--repo {repo} has {data_dim}-dimensional actions but the policy writes {policy_dim}; "
+                        "score it on the dataset it was trained on (or one with the same action layout)")
     rng = np.random.default_rng(0 if seed is None else seed)
     if len(frames) > n_frames:
         frames = np.sort(rng.choice(frames, size=n_frames, replace=False))

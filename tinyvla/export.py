@@ -52,8 +52,23 @@ def model_card(cfg: dict, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_export_target(out: Path, force: bool) -> None:
+    """--out must be new, empty, or (with --force) an earlier export: an export never deletes anything else."""
+    from tinyvla.core.atomic import check_output_dir
+
+    check_output_dir(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    previous = (out / "policy.json").is_file() and (out / "model").is_dir()
+    if not previous:
+        raise UserError(f"--out {out} is a non-empty directory that is not a tinyvla policy; choose a new or empty "
+                        "directory (export replaces the whole directory)")
+    if not force:
+        raise UserError(f"--out {out} already holds a policy; pass --force to replace it, or choose another --out")
+
+
 def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, dtype: str = "fp32",
-                  push_to_hub: str | None = None) -> Path:
+                  push_to_hub: str | None = None, force: bool = False) -> Path:
     from tinyvla.core.atomic import write_text_atomic
     from tinyvla.modeling.loading import DTYPES
     from tinyvla.policy import Policy
@@ -62,6 +77,7 @@ def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, d
     if dtype not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
     out = Path(out)
+    check_export_target(out, force)
     policy = Policy.from_pretrained(ckpt, device="cpu")
     src = Path(policy.source)
     if out.resolve() == src.resolve():
@@ -80,6 +96,21 @@ def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, d
             api.create_repo(push_to_hub, exist_ok=True)
             api.upload_folder(folder_path=str(out), repo_id=push_to_hub)
         except Exception as err:  # offline or unauthorised: the local export is complete either way
-            raise UserError(f"exported to {out}, but pushing to {push_to_hub} failed ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:120]}); run `huggingface-cli login` and retry") from None
+            raise UserError(f"exported to {out}, but pushing to {push_to_hub} failed: {_push_hint(err)}") from None
     return out
+
+
+def _push_hint(err: Exception) -> str:
+    """What went wrong with a hub upload and the fix for that case (not always `login`)."""
+    import os
+
+    text = " ".join(str(err).split())
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or type(err).__name__ in (
+        "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "ReadTimeout", "LocalEntryNotFoundError")
+    if offline or "offline" in text.lower() or "connect" in text.lower():
+        return "the hub cannot be reached from here (HF_HUB_OFFLINE is set or there is no network); upload the " \
+               "directory later from a connected machine with: huggingface-cli upload REPO DIR"
+    if status in (401, 403):
+        return f"the hub refused the upload (HTTP {status}); log in with a write token: huggingface-cli login"
+    return f"{type(err).__name__}: {text}"

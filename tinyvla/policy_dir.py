@@ -249,6 +249,34 @@ def check_safe_files(path: Path) -> None:
                         "with safetensors (model.save_pretrained(dir, safe_serialization=True))")
     if not any((path / "model").glob("*.safetensors")):
         raise UserError(f"{path / 'model'} has no .safetensors weights; export the policy again with tinyvla export")
+    for weights in sorted(path.rglob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise UserError(f"{weights} is {problem}; copy the policy again or re-export it")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's framing (cut short, unreadable header), or None. Reads the header only:
+    8 bytes of header length, the JSON header, then the tensors, whose byte ranges the header lists."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated ({size} bytes)"
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            return f"truncated ({size} bytes, its header alone says {8 + n})"
+        try:
+            header = json.loads(f.read(n))
+            end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"], default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "not a valid safetensors file (unreadable header)"
+    if size != 8 + n + end:
+        return f"truncated ({size} of {8 + n + end} bytes)" if size < 8 + n + end else "longer than its header says"
+    return None
 
 
 def resolve_policy_path(path: str | Path) -> Path:

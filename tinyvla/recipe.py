@@ -2,18 +2,24 @@
 
 A recipe has sections (model, data, actions, train, eval), each a dataclass below; the dataclass defaults are the
 VLA-0 paper settings, so a recipe only writes what it changes. `--set section.key=value` overrides are parsed as YAML
-scalars and type-checked like the file. Every mistake — unknown key, wrong type, bad choice — is a `UserError` naming
-the key and, for a misspelling, the nearest valid one.
+scalars and type-checked like the file. Every mistake — unknown key, wrong type, bad choice (a `Literal[...]`
+field), a number out of its range (`RANGES`), NaN or infinity — is a `UserError` at load naming the key and, for a
+misspelling, the nearest valid one: nothing deep in torch ever sees a bad knob.
+
+(Over 400 lines on purpose: the sections, the table of ranges and the loader are one concept; a new field is one line
+in a dataclass plus, when it is a number, one line in RANGES, both in this file.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -37,7 +43,8 @@ class LoraConfig:
 class ModelConfig:
     name: str = "qwen3-2b"  # short name (qwen3-2b ...), tiny-qwen3 / tiny-qwen2.5, arch:NAME, HF id, or local dir
     tokenizer: str | None = None  # None = the model's own; "qwen" (real vocab, offline) or "tiny" (byte-level)
-    dtype: str = "bf16"  # bf16 halves memory vs fp32 with no loss seen in VLA-0; CPU runs use fp32
+    # bf16 halves memory vs fp32 with no loss seen in VLA-0; CPU runs use fp32
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     attn_implementation: str | None = "sdpa"  # sdpa | flash_attention_2 | eager
     trust_remote_code: bool = False  # stock transformers classes only, unless you really need remote code
     tiny: dict = field(default_factory=dict)  # size overrides for tiny-* models (hidden_size, num_hidden_layers, ...)
@@ -50,14 +57,17 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     repo: str = "physical-intelligence/libero"  # LeRobot dir or hub id, or a raw LIBERO HDF5 folder
-    suite: str | None = "libero_all"  # which tasks to train on; blockfind* also generates the data when missing
+    # which tasks to train on; blockfind* also generates the data when missing
+    suite: Literal[DATA_SUITES] | None = "libero_all"
     generate_episodes: int = 400  # blockfind only: expert demonstrations to generate if `repo` does not exist
     generate_seed: int = 0
     generate_blocks: int = 3  # blockfind only: blocks per demo scene (evaluation uses 3); more = fewer "nearest" wins
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
-    generate_path: str = "diagonal"  # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
-    generate_expert: str = "coarse"  # BlockFind expert moves: coarse (-1/0/+1 per axis) | continuous (∝ distance, clipped)
+    # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
+    generate_path: Literal[EXPERT_PATHS] = "diagonal"
+    # BlockFind expert moves: coarse (-1/0/+1 per axis) | continuous (proportional to distance, clipped)
+    generate_expert: Literal[EXPERT_KINDS] = "coarse"
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -68,7 +78,7 @@ class DataConfig:
     tile_views: bool = True  # one 2-wide image (VLA-0) vs two images; tiling is slightly better and fewer tokens
     # after_images (VLA-0) | before_images (image tokens can read it) | end (the answer starts at its last word:
     # what lets a model trained from scratch use the words at all; core/prompt.py)
-    instruction_position: str = "after_images"
+    instruction_position: Literal[INSTRUCTION_POSITIONS] = "after_images"
     vision_id: bool = False  # "Picture N: " before each image (Qwen2.5-VL add_vision_id; the released VLA-0 checkpoint)
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
@@ -105,14 +115,16 @@ class TrainConfig:
     lr: float = 5e-6  # belongs to the global batch: never scaled by the GPU count
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
-    optimizer: str = "adamw"  # adamw | adamw-kahan (torch-optimi: bf16 weights without lost updates) | adamw8bit
-    schedule: str = "constant"  # constant (VLA-0) | cosine (decays to min_lr_ratio x lr)
+    # adamw-kahan: torch-optimi AdamW with Kahan summation, bf16 weights without lost updates; adamw8bit:
+    # bitsandbytes, saves ~75% of optimizer memory
+    optimizer: Literal["adamw", "adamw-kahan", "adamw8bit"] = "adamw"
+    schedule: Literal["constant", "cosine"] = "constant"  # constant (VLA-0) | cosine (decays to min_lr_ratio x lr)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     clip_grad: float = 0.0  # max grad norm; 0 = no clipping (VLA-0)
     # bf16-mixed: fp32 master weights + bf16 autocast (GPU); bf16: weights in model.dtype + bf16 autocast (pair bf16
     # weights with optimizer adamw-kahan, or updates below bf16's resolution are lost); fp32: no autocast
-    precision: str = "bf16-mixed"
+    precision: Literal["fp32", "bf16-mixed", "bf16", "fp16"] = "bf16-mixed"
     seed: int = 0
     compile: bool = False  # torch.compile: faster steps after a slow first one
     log_every: int = 10
@@ -145,13 +157,14 @@ class EvalConfig:
     wait_steps: int = 10  # no-op steps after reset while objects settle
     resolution: int = 256  # render size
     # Ensembling (defaults: tinyvla.core.ensemble.EnsembleConfig, whose names the policy records)
-    ensemble: str = EnsembleConfig.weighting  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none; none: ~-2 pt
+    ensemble: Literal[WEIGHTINGS] = EnsembleConfig.weighting  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none
     ensemble_size: int = EnsembleConfig.max_chunks  # chunks kept
     exp_w: float = EnsembleConfig.exp_w  # decay for ensemble=exp
     execute_horizon: int = EnsembleConfig.execute_horizon  # steps between queries; 1 = re-query every step (VLA-0)
     video: int = 0  # episodes per task saved as MP4
     speculative: bool = True  # chunk-shift speculative decoding (identical output, fewer forward passes)
-    seeding: str = "per_task"  # LIBERO: per_task (seed once, init states in order: VLA-0/openpi) | per_episode
+    # LIBERO: per_task (seed once, init states in order: VLA-0/openpi) | per_episode
+    seeding: Literal["per_task", "per_episode"] = "per_task"
     repetition_penalty: float = 1.0  # 1.0 = plain constrained greedy (the model's generation_config is ignored)
 
 
@@ -169,60 +182,19 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def validate(self) -> "Recipe":
-        """Cross-field checks that a type alone cannot express."""
-        choices = {
-            "model.dtype": (self.model.dtype, ("fp32", "bf16", "fp16")),
-            "train.precision": (self.train.precision, ("fp32", "bf16-mixed", "bf16", "fp16")),
-            "train.optimizer": (self.train.optimizer, ("adamw", "adamw-kahan", "adamw8bit")),
-            "train.schedule": (self.train.schedule, ("constant", "cosine")),
-            "eval.ensemble": (self.eval.ensemble, WEIGHTINGS),
-            "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
-            "data.generate_path": (self.data.generate_path, EXPERT_PATHS),
-            "data.generate_expert": (self.data.generate_expert, EXPERT_KINDS),
-            "eval.seeding": (self.eval.seeding, ("per_task", "per_episode")),
-        }
-        if self.data.suite is not None:
-            choices["data.suite"] = (self.data.suite, DATA_SUITES)
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise UserError(f"{key}: {value!r} is not one of {', '.join(allowed)}{_nearest(str(value), allowed)}")
-        positive = {
-            "actions.horizon": self.actions.horizon, "actions.dim": self.actions.dim, "actions.bins": self.actions.bins,
-            "train.batch_size": self.train.batch_size, "train.grad_accum": self.train.grad_accum,
-            "data.image_size": self.data.image_size, "eval.ensemble_size": self.eval.ensemble_size,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise UserError(f"{key} must be >= 1, got {value}")
-        if not 0.0 <= self.actions.mask_prob <= 1.0:
-            raise UserError(f"actions.mask_prob must be in [0, 1], got {self.actions.mask_prob}")
-        if not 0.0 <= self.actions.unmasked_fraction <= 1.0:
-            raise UserError(f"actions.unmasked_fraction must be in [0, 1], got {self.actions.unmasked_fraction}")
+        """Every field against its type's choices and its range (`RANGES`), then the cross-field checks."""
+        _check_fields(self)
         if len(self.actions.mask_char) != 1 or self.actions.mask_char.isdigit() or self.actions.mask_char.isspace():
             raise UserError(f"actions.mask_char must be one non-digit, non-space character, got {self.actions.mask_char!r}")
-        if not 0.0 < self.data.crop_scale <= 1.0:
-            raise UserError(f"data.crop_scale must be in (0, 1], got {self.data.crop_scale}")
         if not 1 <= self.eval.execute_horizon <= self.actions.horizon:
             raise UserError(f"eval.execute_horizon must be in 1..actions.horizon ({self.actions.horizon}), "
                             f"got {self.eval.execute_horizon}")
+        if len(self.train.betas) != 2:
+            raise UserError(f"train.betas must be two numbers [beta1, beta2], got {self.train.betas}")
         if not 0 <= self.actions.gripper_dim < self.actions.dim:
             raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1}, got {self.actions.gripper_dim}")
-        for key in ("global_batch", "max_samples", "max_steps"):
-            value = getattr(self.train, key)
-            if value is not None and value < 1:
-                raise UserError(f"train.{key} must be >= 1 (or null), got {value}")
-        if self.eval.repetition_penalty <= 0:
-            raise UserError(f"eval.repetition_penalty must be > 0 (1.0 = none), got {self.eval.repetition_penalty}")
-        if self.train.lr <= 0:
-            raise UserError(f"train.lr must be > 0, got {self.train.lr}")
-        if not 2 <= self.data.generate_blocks <= 4:
-            raise UserError(f"data.generate_blocks must be in 2..4 (BlockFind has four colours), "
-                            f"got {self.data.generate_blocks}")
         if self.data.generate_paired and self.data.suite != "blockfind":
             raise UserError(f"data.generate_paired needs data.suite=blockfind (named colours), got {self.data.suite!r}")
-        if not 0.0 <= self.data.generate_home_layouts <= 1.0:
-            raise UserError(f"data.generate_home_layouts is a share of the layouts, in [0, 1]; "
-                            f"got {self.data.generate_home_layouts}")
         if self.data.generate_home_layouts and self.data.suite != "blockfind":
             raise UserError(f"data.generate_home_layouts needs data.suite=blockfind (named colours), "
                             f"got {self.data.suite!r}")
@@ -231,6 +203,117 @@ class Recipe:
     @property
     def out_dir(self) -> Path:
         return Path(self.train.out_dir or f"runs/{self.name}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Ranges: every numeric knob's allowed values, checked at load
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _range(low, high=None, low_open=False, high_open=False, length=None, why: str = ""):
+    """A check for one number (or each number of a list of `length`): returns what is wrong, or None."""
+    if high is None:
+        text = f"{'>' if low_open else '>='} {low}"
+    else:
+        text = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    text = (f"{length} numbers, each {text}" if length else text) + (f" ({why})" if why else "")
+
+    def ok(v) -> bool:
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    def check(value):
+        values = value if length else [value]
+        if length and len(values) != length:
+            return f"must be {text}"
+        if not all(ok(v) for v in values):
+            return f"must be {text}"
+        return None
+
+    return check
+
+
+# One line per numeric field (None values, where a field allows them, are always fine). A new numeric field gets a line
+# here; tests/test_recipe.py fails for a field without one.
+RANGES = {
+    "model.lora.r": _range(1), "model.lora.alpha": _range(1), "model.lora.dropout": _range(0, 1, high_open=True),
+    "data.generate_episodes": _range(1), "data.generate_seed": _range(0),
+    "data.generate_blocks": _range(2, 4, why="BlockFind has four colours"),
+    "data.generate_home_layouts": _range(0, 1, why="a share of the layouts"),
+    "data.image_size": _range(1), "data.crop_scale": _range(0, 1, low_open=True),
+    "data.val_episodes": _range(0), "data.num_workers": _range(0),
+    "actions.horizon": _range(1), "actions.dim": _range(1), "actions.bins": _range(2),
+    "actions.mask_prob": _range(0, 1), "actions.unmasked_fraction": _range(0, 1), "actions.gripper_dim": _range(0),
+    "train.epochs": _range(0, low_open=True), "train.max_steps": _range(1), "train.max_samples": _range(1),
+    "train.global_batch": _range(1), "train.batch_size": _range(1),
+    "train.grad_accum": _range(1), "train.lr": _range(0, low_open=True), "train.weight_decay": _range(0),
+    "train.betas": _range(0, 1, high_open=True, length=2), "train.warmup_steps": _range(0),
+    "train.min_lr_ratio": _range(0, 1), "train.clip_grad": _range(0), "train.seed": _range(0),
+    "train.log_every": _range(1), "train.save_every": _range(0), "train.keep_last": _range(0),
+    "train.eval_every": _range(0), "train.eval_batches": _range(1), "train.rollout_every": _range(0),
+    "train.rollout_episodes": _range(1), "train.num_threads": _range(1),
+    "eval.episodes_per_task": _range(1), "eval.max_steps": _range(1), "eval.num_envs": _range(1),
+    "eval.seed": _range(0), "eval.wait_steps": _range(0), "eval.resolution": _range(1), "eval.ensemble_size": _range(1),
+    "eval.exp_w": _range(0, 1, low_open=True), "eval.execute_horizon": _range(1), "eval.video": _range(0),
+    "eval.repetition_penalty": _range(0, low_open=True, why="1.0 = none"),
+}
+# model.tiny is free-form (sizes of the tiny model): every value a positive number, bar these.
+TINY_FLAGS = {"tie_word_embeddings": bool}
+
+
+def _choice_error(key: str, value, allowed) -> UserError:
+    return UserError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}{_nearest(str(value), allowed)}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(node, prefix: str = "") -> None:
+    """Literal choices, finiteness and RANGES for every field of a recipe (recursively)."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}.{f.name}" if prefix else f.name, getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key)
+            continue
+        allowed = _literal_values(hints[f.name])
+        if allowed and value is not None and value not in allowed:
+            raise _choice_error(key, value, allowed)
+        if key == "model.tiny":
+            _check_tiny(value)
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise UserError(f"{key} must be a finite number, got {value}")
+        check = RANGES.get(key)
+        if check is not None and value is not None:
+            if not all(_is_number(v) for v in numbers):
+                raise UserError(f"{key} must be numbers, got {value!r}")
+            problem = check(value)
+            if problem:
+                raise UserError(f"{key} {problem}, got {value}")
+
+
+def _check_tiny(tiny: dict) -> None:
+    for name, value in tiny.items():
+        if name in TINY_FLAGS:
+            if not isinstance(value, TINY_FLAGS[name]):
+                raise UserError(f"model.tiny.{name} must be true or false, got {value!r}")
+        elif name == "deepstack_visual_indexes":
+            if value is not None and not (isinstance(value, list) and all(_is_number(v) and v >= 0 for v in value)):
+                raise UserError(f"model.tiny.{name} must be a list of layer indexes (ints >= 0), got {value!r}")
+        elif value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise UserError(f"model.tiny.{name} must be a positive number, got {value!r}")
+
+
+def _literal_values(tp) -> tuple:
+    """The allowed values of a Literal[...] annotation (also inside `Literal[...] | None`), else ()."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(v for arg in typing.get_args(tp) for v in _literal_values(arg))
+    return ()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -254,6 +337,8 @@ def _coerce(value, tp, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if len(args) == 2 and type(None) in args:  # X | None: X's own message (a Literal's choices)
+            return _coerce(value, next(a for a in args if a is not type(None)), key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -263,6 +348,10 @@ def _coerce(value, tp, key: str):
                 pass
         names = " or ".join(_type_name(a) for a in args)
         raise UserError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise _choice_error(key, value, typing.get_args(tp))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -358,13 +447,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; pass a recipe file such as {path / 'tiny-cpu.yaml'}")
     if not path.is_file():
         hint = ""
         if not path.suffix:
             hint = f" (recipes live in recipes/*.yaml, e.g. recipes/{path.name}.yaml)"
         raise UserError(f"recipe not found: {path}{hint}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); a recipe is a YAML file") from None
+    if not text.strip() and not overrides:  # (an empty file plus --set overrides is a recipe made of overrides)
+        raise UserError(f"{path} is empty; a recipe needs at least model / data sections (see recipes/tiny-cpu.yaml)")
+    try:
+        data = yaml.safe_load(text)
+        data = {} if data is None else data  # only comments: every default
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -125,8 +125,12 @@ def stats(
     bins: int = typer.Option(20, "--bins", min=2, help="Histogram bins."),
 ):
     """Episodes, frames, tasks, features and per-dimension action statistics; reads only the action columns."""
-    from tinyvla.core.atomic import write_json_atomic
+    from tinyvla.core.atomic import check_output_file, write_json_atomic
     from tinyvla.data import open_dataset
+
+    for flag, target in (("--save-stats", save_stats), ("--plot", plot)):
+        if target is not None:
+            check_output_file(target, flag)  # before the (possibly long) read of the dataset
     from tinyvla.data.stats import dataset_summary, summary_to_action_stats
 
     reader = open_dataset(repo, image_key=image_key, wrist_key=wrist_key, action_key=action_key)
@@ -163,10 +167,17 @@ def generate(
                                                         "x_first (align x, then y)."),
     expert: str = typer.Option("coarse", "--expert", help="How big the expert's moves are: coarse (-1/0/+1 per axis) "
                                                           "or continuous (proportional to the distance, clipped)."),
+    force: bool = typer.Option(False, "--force", help="Replace what is already in --out."),
 ):
     """Write BlockFind expert demonstrations as a LeRobot v2.0 dataset (the physical-intelligence/libero layout)."""
+    from tinyvla.core.atomic import check_output_dir
     from tinyvla.envs.blockfind import generate_dataset  # lazy: keeps `tinyvla --help` fast
+    from tinyvla.errors import UserError
 
+    check_output_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        what = "a dataset" if (out / "meta" / "info.json").is_file() else "files"
+        raise UserError(f"--out {out} already holds {what}; pass --force to replace it, or choose another --out")
     written = generate_dataset(suite, episodes, out, seed=seed, image_size=image_size, n_blocks=blocks,
                                paired=paired, home_layouts=home_layouts, path=path, expert=expert)
     typer.echo(f"wrote {written}")

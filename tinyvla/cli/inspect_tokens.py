@@ -49,8 +49,17 @@ def _parse_actions(text: str, codec) -> np.ndarray:
     if len(values) != n:
         raise UserError(f"--actions needs exactly H*D = {n} numbers for this recipe, got {len(values)}")
     arr = np.asarray(values).reshape(codec.horizon, codec.dim)
-    if all(v.is_integer() and 0 <= v <= codec.bins for v in values) and any(v > 1 for v in values):
-        return arr.astype(np.int64)  # already codes
+    if all(v.is_integer() for v in values) and any(abs(v) > 1 for v in values):  # codes, not actions
+        bad = [v for v in values if not 0 <= v <= codec.bins]
+        if bad:
+            raise UserError(f"--actions codes must be ints in 0..{codec.bins} (actions.bins), got {bad[0]:g}")
+        return arr.astype(np.int64)
+    lo, hi = codec.bounds()
+    outside = np.argwhere((arr < lo) | (arr > hi))
+    if len(outside):
+        t, d = outside[0]
+        raise UserError(f"--actions value {arr[t, d]:g} (step {t}, dim {d}) is outside the stats' bounds "
+                        f"[{lo[d]:g}, {hi[d]:g}] and would be clipped; pass --stats for other bounds")
     return codec.encode(arr)
 
 

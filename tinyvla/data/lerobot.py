@@ -340,14 +340,25 @@ class LeRobotDataset:
                     raise UserError(f"{path}:{n} is not valid JSON") from None
         return rows
 
+    def _require(self, rel: str, rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+        for n, row in enumerate(rows, 1):
+            missing = [k for k in keys if k not in row]
+            if missing:
+                raise UserError(f"{self.root / rel}: entry {n} lacks '{missing[0]}' (each line needs "
+                                f"{', '.join(keys)}); the dataset's metadata is incomplete")
+        return rows
+
     def _load_meta_v2(self) -> tuple[list[str], list[dict]]:
-        tasks = {int(t["task_index"]): t["task"] for t in self._read_jsonl("meta/tasks.jsonl")}
+        task_rows = self._require("meta/tasks.jsonl", self._read_jsonl("meta/tasks.jsonl"), ("task_index", "task"))
+        tasks = {int(t["task_index"]): t["task"] for t in task_rows}
         task_names = [tasks[i] for i in sorted(tasks)]
         data_path = self.info.get("data_path", "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
         chunks_size = int(self.info.get("chunks_size", 1000))
         video_path = self.info.get("video_path") or V2_VIDEO_PATH
         episodes = []
-        for ep in sorted(self._read_jsonl("meta/episodes.jsonl"), key=lambda e: e["episode_index"]):
+        ep_rows = self._require("meta/episodes.jsonl", self._read_jsonl("meta/episodes.jsonl"),
+                                ("episode_index", "length"))
+        for ep in sorted(ep_rows, key=lambda e: e["episode_index"]):
             idx = int(ep["episode_index"])
             file = self.root / data_path.format(episode_chunk=idx // chunks_size, episode_index=idx)
             ep_tasks = ep.get("tasks") or [""]

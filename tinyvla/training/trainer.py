@@ -25,10 +25,7 @@ and FSDP units live in training/plan.py, memory.py and fsdp.py.)
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyvla.core.atomic import write_json_atomic
 from tinyvla.core.masking import IGNORE_INDEX
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.envs.suites import BLOCKFIND_SUITES
 from tinyvla.errors import UserError
 from tinyvla.recipe import Recipe, save_recipe
+from tinyvla.training import checkpoint
+from tinyvla.training.checkpoint import list_checkpoints  # noqa: F401  (the trainer's public names)
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 from tinyvla.training.plan import plan_run
-
-CHECKPOINT_PREFIX = "step-"
 
 
 @dataclass
@@ -193,27 +189,15 @@ def check_context(model, processor, prompt_len: int, prompt: PromptSpec):
                         f"{limit}: lower actions.horizon or data.image_size")
 
 
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. A checkpoint is complete once its trainer_state.json exists."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, console=None) -> TrainResult:
+def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, console=None,
+          overwrite: bool = False) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-
-    from tinyvla.inputs import mask_token_id as find_mask_token_id
-    from tinyvla.policy import Policy
-    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
-    from tinyvla.training.logging import TrainLogger
 
     cfg = recipe.train
     out_dir = recipe.out_dir
@@ -224,13 +208,32 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     main = accelerator.is_main_process
     log = (console.print if console else print) if main else (lambda *a, **k: None)
     set_seed(cfg.seed)
+    if checkpoint.launched_by_a_launcher():
+        checkpoint.die_with_parent()  # a kill -9 of accelerate launch / torchrun must not leave ranks training
 
+    # The run directory: lock it and apply the rerun rule before any data loads (training/checkpoint.py).
     ckpt_dir = out_dir / "checkpoints"
-    checkpoints = list_checkpoints(ckpt_dir)
-    if not resume and (out_dir / "final").exists() and not smoke_test:
-        raise UserError(f"{out_dir} already holds a finished run; pass --resume to continue it or --out to start anew")
-    if resume and not checkpoints:
-        raise UserError(f"--resume: no checkpoint under {ckpt_dir}; start without --resume")
+    lock = checkpoint.claim_run_dir(out_dir, recipe, resume, overwrite or (smoke_test and not resume)) if main else None
+    try:
+        return _train(recipe, accelerator, resume, console, log, ckpt_dir)
+    except BaseException:
+        if lock is not None and (lock.created or not resume):  # never undo the recipe of a run being resumed
+            lock.undo_if_unused()
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Path) -> TrainResult:
+    from tinyvla.inputs import mask_token_id as find_mask_token_id
+    from tinyvla.policy import Policy
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
+    from tinyvla.training.logging import TrainLogger
+
+    cfg, out_dir, main = recipe.train, recipe.out_dir, accelerator.is_main_process
+    accelerator.wait_for_everyone()
+    latest = checkpoint.select_resume_checkpoint(ckpt_dir, log) if resume else None
 
     # Data -> model -------------------------------------------------------------------------------------------------
     if recipe.model.init_from:  # before generating any data: a missing earlier stage is the user's first error
@@ -259,7 +262,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=recipe.data.num_workers, collate_fn=lambda items: processor.collate(items, padding_side="right"),
-        persistent_workers=False,
+        persistent_workers=False, worker_init_fn=checkpoint.worker_dies_with_me(),
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
     total_steps, accum = plan.steps, plan.grad_accum
@@ -274,12 +277,15 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     accelerator.register_for_checkpointing(scheduler)
 
     step, epoch, micro_in_epoch = 0, 0, 0
-    if resume:
-        latest = checkpoints[-1]
+    state = {}
+    if latest is not None:
         accelerator.load_state(str(latest))
-        state = json.loads((latest / "trainer_state.json").read_text())
+        state = checkpoint.read_state(latest)
         step, epoch, micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        if main:
+            checkpoint.restore_metrics(out_dir, state)
         log(f"resumed from {latest} (step {step}, epoch {epoch})")
+    resumed_step = step
 
     global_batch = plan.global_batch
     n_params = sum(p.numel() for p in model.parameters())
@@ -325,26 +331,17 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         logger.log_probe(step, rate)
 
     def save_checkpoint():
-        accelerator.wait_for_everyone()
-        final = ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-        tmp = ckpt_dir / f".{final.name}.tmp"
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if main:
-            write_json_atomic(tmp / "trainer_state.json", {"step": step, "epoch": epoch, "micro_in_epoch": micro_in_epoch})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # the checkpoint appears whole or not at all
-            for old in list_checkpoints(ckpt_dir)[: -cfg.keep_last or None]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        # The logging window and last loss travel with the checkpoint, so a resumed run logs what an unbroken one would.
+        checkpoint.save_checkpoint(accelerator, ckpt_dir, step, {
+            "epoch": epoch, "micro_in_epoch": micro_in_epoch, "last_loss": last_loss,
+            "window_loss": window["loss"], "window_steps": window["steps"]}, cfg.keep_last)
 
     # Train -----------------------------------------------------------------------------------------------------------
     model.train()
     start = time.time()
-    last_loss = float("nan")
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "start": time.time()}
+    last_loss = float(state.get("last_loss", "nan"))
+    window = {"loss": state.get("window_loss", 0.0), "steps": state.get("window_steps", 0), "samples": 0,
+              "start": time.time()}
     try:
         while step < total_steps:
             sampler.set_epoch(epoch, skip=micro_in_epoch * cfg.batch_size)
@@ -398,7 +395,8 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
                         "model.gradient_checkpointing=true, or enable model.lora.enabled=true") from None
 
     # Finish: a checkpoint to resume from, the held-out error, then the policy directory -------------------------------
-    save_checkpoint()
+    if step != resumed_step:  # resumed at the end: that checkpoint is already this one
+        save_checkpoint()
     logger.log_eval(step, evaluate_heldout())
     probe()
     seconds = time.time() - start
