@@ -418,7 +418,7 @@ def generate_episodes(suite: str, episodes: int, seed: int, image_size: int = 64
 def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_size: int = 64, fps: int = 10,
                      n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal"):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
-    from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
+    from tinyvla.data.writer import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
 
     settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
