@@ -12,15 +12,15 @@ import numpy as np
 
 from tinyvla.core.masking import mask_action_tokens
 from tinyvla.core.prompt import PromptSpec
-from tinyvla.data.transforms import ImageSpec, model_images
+from tinyvla.data.transforms import ImageSpec, model_images, observation_views
 
 IGNORE = -100  # label value the loss skips
 
 
-def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, image: np.ndarray, wrist_image: np.ndarray,
+def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, views: list[np.ndarray],
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
-    """One observation -> {input_ids (list), pixel_values, image_grid_thw}, ready for `processor.collate`."""
-    images = model_images(image, wrist_image, image_spec, rng)
+    """One observation (its camera views, in order) -> {input_ids (list), pixel_values, image_grid_thw}."""
+    images = model_images(views, image_spec, rng)
     return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position)
 
 
@@ -31,7 +31,8 @@ def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec
 
     `rng` given = training: random crop, colour jitter and masked action augmentation (when mask_prob > 0).
     """
-    item = encode_prompt(processor, prompt, image_spec, sample["image"], sample["wrist_image"], sample["instruction"], rng)
+    views = observation_views(sample, image_spec)
+    item = encode_prompt(processor, prompt, image_spec, views, sample["instruction"], rng)
     prompt_ids = list(item["input_ids"])
     action_ids = processor.encode_action_text(action_text)
     tail = list(processor.end_of_turn_ids)

@@ -19,7 +19,7 @@ import numpy as np
 from tinyvla.core.codec import ActionCodec, ActionStats
 from tinyvla.core.ensemble import BatchEnsembler
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS, PromptSpec
-from tinyvla.data.transforms import ImageSpec
+from tinyvla.data.transforms import ImageSpec, observation_views
 from tinyvla.errors import UserError
 
 POLICY_FORMAT = 1  # bump when policy.json changes incompatibly
@@ -70,11 +70,13 @@ class Policy:
         return load_policy_dir(path, device=device, dtype=dtype)
 
     # -- prediction -------------------------------------------------------------------------------------------------
-    def encode_batch(self, images: list[np.ndarray], wrist_images: list[np.ndarray], instructions: list[str]) -> dict:
+    def encode_batch(self, images: list, wrist_images: list | None, instructions: list[str]) -> dict:
+        """wrist_images None: each entry of `images` is one observation's list of views (any number of cameras)."""
         from tinyvla.inputs import encode_prompt
 
-        items = [encode_prompt(self.processor, self.prompt, self.image_spec, im, wr, ins)
-                 for im, wr, ins in zip(images, wrist_images, instructions)]
+        views = images if wrist_images is None else [[im, wr] for im, wr in zip(images, wrist_images)]
+        items = [encode_prompt(self.processor, self.prompt, self.image_spec, v, ins)
+                 for v, ins in zip(views, instructions)]
         batch = self.processor.collate(items, padding_side="left")
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
@@ -172,8 +174,8 @@ class Policy:
         if need:
             ins = [instructions[k] for k in need]
             drafts = [self.draft_for(env_ids[k], steps[k]) for k in need] if self.speculative else None
-            codes = self.predict_codes([observations[k]["image"] for k in need],
-                                       [observations[k]["wrist_image"] for k in need], ins, drafts)
+            codes = self.predict_codes([observation_views(observations[k], self.image_spec) for k in need], None,
+                                       ins, drafts)
             chunks = np.stack([self.codec.decode(c, i) for c, i in zip(codes, ins)])
             self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
             for k, c in zip(need, codes):  # kept after the model call, so a failed call changes nothing
@@ -239,12 +241,14 @@ def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) ->
     if position not in INSTRUCTION_POSITIONS:
         raise UserError(f"policy.json: instruction_position {position!r} is not one of "
                         f"{', '.join(INSTRUCTION_POSITIONS)}; the file was edited by hand")
+    cameras = cfg["image"].get("cameras")
     prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
-                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position)
+                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
+                        num_views=len(cameras) if cameras else 2)
     if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
         raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
     image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")
-                              if k in cfg["image"]})
+                              if k in cfg["image"]}, cameras=tuple(cameras) if cameras else None)
     codec = ActionCodec(stats, horizon=cfg["horizon"], bins=cfg["bins"], per_task_bounds=cfg.get("per_task_bounds", False),
                         gripper_dim=cfg.get("gripper_dim", 6))
     return Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)

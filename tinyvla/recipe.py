@@ -60,6 +60,10 @@ class DataConfig:
     generate_paired: bool = False  # blockfind only: demo every block of a layout from one start (words must matter)
     generate_home_layouts: float = 0.0  # blockfind only: share of demo layouts with each colour in its own quadrant
     generate_path: str = "diagonal"  # BlockFind expert: diagonal | x_first (align x, then y: dx picks the block)
+    # The dataset's camera features the model sees, in image order (1-3, any names), e.g. [observation.images.front,
+    # observation.images.wrist]; the policy then reads observations under these keys. None = LIBERO's two views
+    # (image_key / wrist_key or the dataset version's defaults), else every camera of the dataset.
+    cameras: list | None = None
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -82,13 +86,16 @@ class DataConfig:
 @dataclass
 class ActionsConfig:
     horizon: int = 8  # H actions predicted per query; longer = smoother but slower to react and more tokens
+    # The horizon in seconds instead (rounded to steps at the dataset's fps, printed): 8 steps are 0.8 s of LIBERO at
+    # 10 fps but 0.27 s of an SO-101 at 30 fps. Each step costs D + 1 answer tokens at every query.
+    horizon_s: float | None = None
     dim: int = 7  # D: 6 end-effector deltas + gripper
     bins: int = 1000  # B: ints 0..B; 250 costs ~1.5 pt in VLA-0, 4000 ~0.5 pt
     mask_prob: float = 0.4  # masked action augmentation: up to this fraction of action chars masked; 0 = off
     mask_char: str = "?"  # the character whose token replaces masked inputs
     unmasked_fraction: float = 0.1  # share of samples left unmasked
     per_task_bounds: bool = False  # min/max per instruction instead of global: finer bins, needs the task at test time
-    gripper_dim: int = 6  # which dimension is the gripper (snapped to +-1 in the simulator)
+    gripper_dim: int | None = 6  # which dimension is the gripper (snapped to +-1 in the simulator); null = none
     stats: str | None = None  # action stats JSON (from `data stats --save-stats`); None = computed from the data
 
 
@@ -187,8 +194,17 @@ class Recipe:
         if not 1 <= self.eval.execute_horizon <= self.actions.horizon:
             raise UserError(f"eval.execute_horizon must be in 1..actions.horizon ({self.actions.horizon}), "
                             f"got {self.eval.execute_horizon}")
-        if not 0 <= self.actions.gripper_dim < self.actions.dim:
-            raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1}, got {self.actions.gripper_dim}")
+        if self.actions.gripper_dim is not None and not 0 <= self.actions.gripper_dim < self.actions.dim:
+            raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1} (or null: no gripper), "
+                            f"got {self.actions.gripper_dim}")
+        if self.actions.horizon_s is not None and self.actions.horizon_s <= 0:
+            raise UserError(f"actions.horizon_s must be > 0 seconds, got {self.actions.horizon_s}")
+        cams = self.data.cameras
+        if cams is not None:
+            if not 1 <= len(cams) <= 3 or len(set(map(str, cams))) != len(cams):
+                raise UserError(f"data.cameras must name 1-3 different camera features, got {cams}")
+            if self.data.image_key or self.data.wrist_key:
+                raise UserError("data.cameras replaces data.image_key / data.wrist_key: set one or the other")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
         if not 2 <= self.data.generate_blocks <= 4:

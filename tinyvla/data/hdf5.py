@@ -77,6 +77,7 @@ class LiberoHDF5Dataset:
         if not files:
             raise UserError(f"{self.root} has no .hdf5 files (expected LIBERO *_demo.hdf5 task files)")
         self.action_key = action_key or "actions"
+        self.default_views = cameras is None  # LIBERO's (third-person, wrist) pair, read as such by a policy
         if cameras is not None:  # obs/ keys, in the order the policy sees them
             self.cameras = [str(c) for c in ([cameras] if isinstance(cameras, str) else cameras)]
         else:

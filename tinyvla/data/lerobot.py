@@ -208,6 +208,7 @@ class LeRobotDataset:
         gen = "v3" if self.version.startswith("v3") else "v2"
         self.action_key = self._pick_key("action", action_key, gen, required=True)
         self.state_key = self._pick_key("state", state_key, gen, required=state_key is not None)
+        self.default_views = True  # the views are LIBERO's (third-person, wrist): a policy reads them as such
         self.cameras = self._pick_cameras(cameras, image_key, wrist_key, gen)
 
         if gen == "v3":
@@ -262,6 +263,7 @@ class LeRobotDataset:
                         else "not in the dataset"
                     raise UserError(f"camera '{cam}' is {what} ({self.root}); its cameras: "
                                     f"{', '.join(have) or 'none'}")
+            self.default_views = False
             return cameras
         for role, key in (("image", image_key), ("wrist", wrist_key)):
             if key is not None and key in self.features and key not in have:
@@ -270,6 +272,7 @@ class LeRobotDataset:
         wrist = self._pick_key("wrist", wrist_key, gen, required=wrist_key is not None)
         if image is not None and wrist is not None:
             return [image, wrist]
+        self.default_views = False  # not LIBERO's pair: a policy must record these names
         return have[:MAX_CAMERAS] if image is None and wrist is None else [k for k in (image, wrist) if k]
 
     def _video_keys(self) -> list[str]:

@@ -27,7 +27,8 @@ class Reader(Protocol):
 
     info: dict
     task_names: list[str]
-    cameras: list[str]
+    cameras: list[str]  # the dataset features behind `views`, in order
+    default_views: bool  # True: the views are LIBERO's (third-person, wrist) pair, which policies call image / wrist_image
     action_key: str
 
     def __len__(self) -> int: ...

@@ -22,10 +22,36 @@ class ImageSpec:
     crop_scale: float = 0.875  # crop this fraction of the side (VLA-0: 256 -> 224)
     color_jitter: bool = True  # training only
     tile_views: bool = True
+    # The observation keys the policy reads, in image order; None = LIBERO's two ("image", "wrist_image").
+    cameras: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "crop_scale": self.crop_scale, "color_jitter": self.color_jitter,
-                "tile_views": self.tile_views}
+        out = {"image_size": self.image_size, "crop_scale": self.crop_scale, "color_jitter": self.color_jitter,
+               "tile_views": self.tile_views}
+        if self.cameras is not None:
+            out["cameras"] = list(self.cameras)
+        return out
+
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        return self.cameras or DEFAULT_CAMERAS
+
+
+DEFAULT_CAMERAS = ("image", "wrist_image")  # what BlockFind, the LIBERO env and the v2.0 LIBERO data call the views
+
+
+def observation_views(obs: dict, spec: ImageSpec) -> list[np.ndarray]:
+    """The camera frames of one observation, in the policy's order: a dataset sample's `views`, or the frames under
+    the policy's camera keys (an env's or a robot's observation dict)."""
+    if "views" in obs:
+        return list(obs["views"])
+    missing = [k for k in spec.observation_keys if k not in obs]
+    if missing:
+        from tinyvla.errors import UserError
+
+        raise UserError(f"the observation has no '{missing[0]}' camera; this policy reads "
+                        f"{', '.join(spec.observation_keys)} (the observation has {', '.join(map(str, obs))})")
+    return [obs[k] for k in spec.observation_keys]
 
 
 def crop(image: np.ndarray, scale: float, rng: np.random.Generator | None) -> np.ndarray:
@@ -70,8 +96,8 @@ def transform_view(image: np.ndarray, spec: ImageSpec, rng: np.random.Generator 
     return np.asarray(img)
 
 
-def model_images(image: np.ndarray, wrist_image: np.ndarray, spec: ImageSpec,
-                 rng: np.random.Generator | None = None) -> list[Image.Image]:
-    """Both camera frames -> the PIL images the processor gets (one tiled image or two)."""
-    views = view_images(transform_view(image, spec, rng), transform_view(wrist_image, spec, rng), spec.tile_views)
-    return [Image.fromarray(v) for v in views]
+def model_images(views: list[np.ndarray], spec: ImageSpec, rng: np.random.Generator | None = None
+                 ) -> list[Image.Image]:
+    """The camera frames -> the PIL images the processor gets (one tiled image, or one per view)."""
+    return [Image.fromarray(v) for v in view_images(*(transform_view(v, spec, rng) for v in views),
+                                                   tile=spec.tile_views)]

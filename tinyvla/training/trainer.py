@@ -77,9 +77,9 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
 def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_position=d.instruction_position),
+                       instruction_position=d.instruction_position, num_views=len(d.cameras) if d.cameras else 2),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
-                      tile_views=d.tile_views))
+                      tile_views=d.tile_views, cameras=tuple(d.cameras) if d.cameras else None))
 
 
 def build_model(recipe: Recipe, training: bool = True):
