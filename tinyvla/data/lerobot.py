@@ -295,7 +295,7 @@ class LeRobotDataset:
             return
         if len(until) <= CHECK_VIDEO_FILES:
             for path, end in until.items():
-                check_video_file(path, end)
+                check_video_file(path, end, 0.5 / (self.fps or 30))
 
     def _read_jsonl(self, rel: str) -> list[dict]:
         path = self.root / rel

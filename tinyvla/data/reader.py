@@ -100,10 +100,13 @@ class EpisodeTable:
         return np.repeat(np.array(self.tasks, dtype=object), self.lengths)
 
 
+_INHERITED: list = []  # caches a forked process took over from its parent (never used, never freed)
+
+
 class ForkSafeCache:
     """A small LRU of open files or decoded data, keyed by anything hashable. `get(key, make)` returns the cached value
     or `make()`'s; values pushed out are passed to `close`. In a forked process (a DataLoader worker) it starts empty,
-    without closing the parent's handles; pickled, it is empty too (workers started by spawn)."""
+    without closing or freeing the parent's handles; pickled, it is empty too (workers started by spawn)."""
 
     def __init__(self, size: int = 4, close: Callable | None = None):
         self.size = max(1, size)
@@ -113,6 +116,10 @@ class ForkSafeCache:
 
     def get(self, key, make: Callable):
         if os.getpid() != self._pid:
+            # Keep the parent's objects alive, untouched: freeing them here would run their C destructors in a
+            # process without the threads they own (an mp4 decoder's frame converter then waits on a thread pool
+            # that was not forked, forever).
+            _INHERITED.append(self._items)
             self._items, self._pid = OrderedDict(), os.getpid()
         value = self._items.get(key)
         if value is None:

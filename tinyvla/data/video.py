@@ -121,23 +121,22 @@ class VideoFrames:
         return out
 
 
-def check_video_file(path: Path, until: float) -> None:
-    """Raise a one-line UserError unless `path` opens as a video whose stream lasts to at least `until` seconds."""
-    av = _import_av()
+def check_video_file(path: Path, until: float, tolerance: float) -> None:
+    """Raise a one-line UserError unless `path` opens as a video holding a frame at `until` seconds (its last frame
+    the dataset uses). A seek and a decode or two: a truncated file's index still promises the frames it lost."""
     if not path.is_file():
         raise UserError(f"video file {path} is missing; the dataset download is incomplete")
     try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            if s.duration is not None and s.time_base is not None:
-                length = float(s.duration * s.time_base)
-            elif c.duration is not None:
-                length = c.duration / 1e6  # container duration is in microseconds
-            else:
-                length = None
+        video = _OpenVideo(path)
+        try:
+            found = video.frame(until, tolerance) is not None
+        finally:
+            video.close()
+    except UserError:
+        raise
     except Exception as err:
-        raise UserError(f"cannot open video {path} ({type(err).__name__}: {err}); the file is corrupt or "
+        raise UserError(f"cannot decode video {path} ({type(err).__name__}: {err}); the file is corrupt or "
                         "truncated") from None
-    if length is not None and length + 1e-3 < until:
-        raise UserError(f"video {path} lasts {length:.2f} s but the dataset needs frames up to {until:.2f} s; the "
-                        "file is truncated")
+    if not found:
+        raise UserError(f"video {path} has no frame at {until:.2f} s, the last one the dataset uses; the file is "
+                        "truncated")
