@@ -82,7 +82,8 @@ def episode(rng: np.random.Generator, task: int, length: int, size: tuple[int, i
     return frames, state, action
 
 
-def write(out: Path, cameras: list[str], n_episodes: int, n_tasks: int, size: tuple[int, int], seed: int) -> None:
+def write(out: Path, cameras: list[str], n_episodes: int, n_tasks: int, size: tuple[int, int], seed: int,
+          length: int = 0) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     names = [f"{j}.pos" for j in JOINTS]
@@ -99,9 +100,9 @@ def write(out: Path, cameras: list[str], n_episodes: int, n_tasks: int, size: tu
     rng = np.random.default_rng(seed)
     for n in range(n_episodes):
         task = n % n_tasks
-        length = int(rng.integers(16, 31))  # 0.5-1 s at 30 fps: short, like the tail of a real grasp
-        frames, state, action = episode(rng, task, length, size, cameras)
-        for k in range(length):
+        steps = length or int(rng.integers(16, 31))  # 0.5-1 s at 30 fps: short, like the tail of a real grasp
+        frames, state, action = episode(rng, task, steps, size, cameras)
+        for k in range(steps):
             row = {cam: frames[cam][k] for cam in cameras}
             ds.add_frame({**row, "observation.state": state[k], "action": action[k], "task": TASKS[task]})
         ds.save_episode()
@@ -115,13 +116,18 @@ def main():
     p.add_argument("out", nargs="?", default=str(FIXTURES))
     p.add_argument("--size", default="48x64", help="camera frame HxW")
     p.add_argument("--episodes", type=int, default=0, help="episodes per dataset (0 = the fixture's 24 / 20)")
+    p.add_argument("--length", type=int, default=0, help="frames per episode (0 = 16-30, the fixture's)")
+    p.add_argument("--only", choices=["2cam", "3cam"], help="write one of the two datasets")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     stub_torchvision()
     out = Path(args.out)
     cams = ["observation.images.front", "observation.images.wrist"]
-    write(out / "so101_2cam_v30", cams, args.episodes or 24, 3, size, seed=0)
-    write(out / "so101_3cam_v30", cams + ["observation.images.top"], args.episodes or 20, 2, size, seed=1)
+    if args.only != "3cam":
+        write(out / "so101_2cam_v30", cams, args.episodes or 24, 3, size, seed=0, length=args.length)
+    if args.only != "2cam":
+        write(out / "so101_3cam_v30", cams + ["observation.images.top"], args.episodes or 20, 2, size, seed=1,
+              length=args.length)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """LeRobot datasets: read codebase v2.0 / v2.1 / v3.0 (a local directory or a Hub repo id); writer.py writes v2.0.
 
+(About 440 lines, over the usual 400: one reader for three on-disk layouts, and the layout-specific metadata loading
+is most of it; splitting it per version would repeat the sampling code.)
+
 The two layouts, as far as a reader cares:
 
     v2.0 / v2.1 (physical-intelligence/libero)        v3.0 (HuggingFaceVLA/libero, lerobot/libero)
@@ -29,7 +32,6 @@ DataLoader workers (the caches are fork-safe and pickle empty).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -41,7 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tinyvla.data.reader import EpisodeTable, ForkSafeCache, select_tasks
+from tinyvla.data.parquet import RowGroups, column_to_numpy, decode_image
+from tinyvla.data.reader import EpisodeTable, select_tasks
 from tinyvla.data.video import VideoFrames, check_video_file
 from tinyvla.errors import UserError
 
@@ -98,70 +101,6 @@ def resolve_dataset_path(path_or_repo: str | os.PathLike) -> Path:
             f"access (hf download {text} --repo-type dataset) and pass its local directory with "
             f"--repo DIR, or put it in the HF cache ({constants.HF_HUB_CACHE})"
         ) from None
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Small helpers shared by the readers
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def column_to_numpy(col: pa.ChunkedArray | pa.Array, name: str = "column") -> np.ndarray:
-    """A scalar or (fixed-size) list column -> numpy (N,) or (N, D), without going through Python objects."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if col.null_count:
-        raise UserError(f"column '{name}' has {col.null_count} missing values; the dataset is incomplete")
-    if pa.types.is_fixed_size_list(col.type):
-        width = col.type.list_size
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-        offsets = col.offsets.to_numpy()
-        lengths = np.diff(offsets)
-        if len(lengths) and (lengths != lengths[0]).any():
-            raise UserError(f"column '{name}' has rows of different lengths; expected one fixed-size vector per frame")
-        width = int(lengths[0]) if len(lengths) else 0
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    return col.to_numpy(zero_copy_only=False)
-
-
-def decode_image(cell, where: str, root: Path | None = None) -> np.ndarray:
-    """A parquet image struct {bytes, path} (PNG/JPEG bytes, or a path relative to the dataset) -> uint8 (H, W, 3)."""
-    from PIL import Image
-
-    data = cell.get("bytes") if isinstance(cell, dict) else None
-    try:
-        if data:
-            img = Image.open(io.BytesIO(data))
-        elif isinstance(cell, dict) and cell.get("path"):
-            p = Path(cell["path"])
-            img = Image.open(p if p.is_absolute() or root is None else root / p)
-        else:
-            raise UserError(f"{where}: the image cell is empty (no bytes, no path)")
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except UserError:
-        raise
-    except Exception as err:
-        raise UserError(f"{where}: cannot decode the image ({type(err).__name__}: {err}); the file is corrupt") \
-            from None
-
-
-class _RowGroups:
-    """Parquet row groups (only the columns a sample needs), decoded from disk and kept in a fork-safe LRU keyed by
-    (file, row group, columns): a sample's cameras and state come from one read, and neighbouring frames hit."""
-
-    def __init__(self, size: int = 4):
-        self.tables = ForkSafeCache(size)
-        self.starts: dict[Path, np.ndarray] = {}
-
-    def row(self, path: Path, row: int, columns: list[str]) -> tuple[pa.Table, int]:
-        starts = self.starts.get(path)
-        if starts is None:
-            md = pq.ParquetFile(path).metadata
-            starts = self.starts[path] = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
-        group = int(np.searchsorted(starts, row, side="right") - 1)
-        table = self.tables.get((path, group, tuple(columns)),
-                                lambda: pq.ParquetFile(path).read_row_group(group, columns=columns))
-        return table, row - int(starts[group])
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -230,7 +169,7 @@ class LeRobotDataset:
         self._ep_row = np.array([e["row"] for e in episodes], dtype=np.int64)
         self._ep_videos = [e["videos"] for e in episodes]
         self._check_videos()
-        self._rows = _RowGroups(cache_row_groups)
+        self._rows = RowGroups(cache_row_groups)
         self._video = VideoFrames()
         self._columns: dict[str, np.ndarray] | None = None
 
