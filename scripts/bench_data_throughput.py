@@ -18,8 +18,12 @@ lerobot decodes video only through torchcodec or torchvision; neither has a buil
 wheels link CUDA), so on video lerobot's column is "n/a" and the comparison is with the loader pattern of lerobot's
 pyav backend and starVLA: open the file and seek for every sample (PyAV), measured here.
 
-    python scripts/bench_data_throughput.py --work /tmp/robot-bench [--samples 200] \
+    python scripts/bench_data_throughput.py --work /tmp/robot-bench [--samples 200] [--rounds 3] \
         [--lerobot-python /tmp/robot-lerobot-venv/bin/python]
+
+"other" is lerobot's LeRobotDataset on libero-png v3.0 and open+seek per sample on so101-video; the libero-png v2.0
+row is tinyvla alone (lerobot 0.4.4 refuses v2.0). "other read + tinyvla transforms" adds the measured per-sample
+transform time (pipeline minus read) to the other loader's read time: the same transforms after either loader.
 """
 
 from __future__ import annotations
@@ -188,6 +192,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/robot-bench")
     p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lerobot-python", default="/tmp/robot-lerobot-venv/bin/python")
     p.add_argument("--write-libero", help=argparse.SUPPRESS)
     p.add_argument("--lerobot-rate", help=argparse.SUPPRESS)
@@ -206,34 +211,49 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = make_data(work, args.lerobot_python)
-    rows = []
-    for name, key in (("libero-png v3.0", "v30"), ("libero-png v2.0", "v20"), ("so101-video v3.0", "video")):
-        reader = open_dataset(paths[key])
-        order = np.random.default_rng(0).permutation(len(reader))[: args.samples].tolist()
-        ours_read = rate(lambda i: reader.sample(i, HORIZON), order)
-        ours_pipe = rate(pipeline(reader).__getitem__, order)
-        row = {"data": name, "frames": len(reader), "ours_read": ours_read, "ours_pipeline": ours_pipe}
-        if key == "v30":
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_ORDER": json.dumps(order), "OMP_NUM_THREADS": "1"}
-            out = subprocess.run([args.lerobot_python, __file__, "--lerobot-rate", str(paths[key])], check=True,
-                                 env=env, capture_output=True, text=True).stdout
-            row["lerobot_read"] = json.loads(out.strip().splitlines()[-1])["read"]
-        if key == "video":
-            row["reopen_seek_read"] = reopen_seek_rate(reader, order)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    sets = [("libero-png v3.0", "v30"), ("libero-png v2.0", "v20"), ("so101-video v3.0", "video")]
+    readers = {key: open_dataset(paths[key]) for _, key in sets}
+    pipes = {key: pipeline(r) for key, r in readers.items()}
+    orders = {key: np.random.default_rng(0).permutation(len(r))[: args.samples].tolist() for key, r in readers.items()}
+    runs: dict = {key: {} for _, key in sets}
+    # Rounds alternate the loaders so a busy neighbour slows each about equally; ratios are taken within a round.
+    for rnd in range(args.rounds):
+        for name, key in sets:
+            r, order, got = readers[key], orders[key], runs[key]
+            got.setdefault("read", []).append(rate(lambda i: r.sample(i, HORIZON), order))
+            got.setdefault("pipeline", []).append(rate(pipes[key].__getitem__, order))
+            if key == "v30":
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_ORDER": json.dumps(order), "OMP_NUM_THREADS": "1"}
+                out = subprocess.run([args.lerobot_python, __file__, "--lerobot-rate", str(paths[key])], check=True,
+                                     env=env, capture_output=True, text=True).stdout
+                got.setdefault("other", []).append(json.loads(out.strip().splitlines()[-1])["read"])
+            if key == "video":
+                got.setdefault("other", []).append(reopen_seek_rate(r, order))
+            print(json.dumps({"round": rnd, "data": name, **{k: v[-1] for k, v in got.items()}}), flush=True)
 
-    print("\n| data | tinyvla read | tinyvla pipeline | lerobot read | open+seek per sample | read ratio |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        other = r.get("lerobot_read") or r.get("reopen_seek_read")
-        cells = [f"{r['ours_read']:.0f}", f"{r['ours_pipeline']:.1f}",
-                 f"{r['lerobot_read']:.0f}" if "lerobot_read" in r else "n/a",
-                 f"{r['reopen_seek_read']:.0f}" if "reopen_seek_read" in r else "-",
-                 f"{r['ours_read'] / other:.1f}x" if other else "-"]
-        print(f"| {r['data']} ({r['frames']} frames) | " + " | ".join(cells) + " |")
-    slowest = min(r["ours_pipeline"] for r in rows)
-    print(f"\nworkers for 50 samples/s at the slowest pipeline rate ({slowest:.1f}/s per worker): "
+    def fmt(values, digits=0):
+        v = np.asarray(values)
+        return f"{v.mean():.{digits}f} [{v.min():.{digits}f}-{v.max():.{digits}f}]"
+
+    print(f"\nsamples/s per worker, mean [min-max] over {args.rounds} rounds of {args.samples} random frames")
+    print("| data | tinyvla read | other read | read ratio | tinyvla pipeline | other read + tinyvla transforms "
+          "| pipeline ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, key in sets:
+        g = runs[key]
+        read, pipe = np.asarray(g["read"]), np.asarray(g["pipeline"])
+        row = [f"{name} ({len(readers[key])} frames)", fmt(read)]
+        if "other" in g:
+            other = np.asarray(g["other"])
+            # the same transforms after the other loader's read: per-sample times add
+            other_pipe = 1 / (1 / other + (1 / pipe - 1 / read))
+            row += [fmt(other), fmt(read / other, 1) + "x", fmt(pipe, 1), fmt(other_pipe, 1),
+                    fmt(pipe / other_pipe, 2) + "x"]
+        else:
+            row += ["-", "-", fmt(pipe, 1), "-", "-"]
+        print("| " + " | ".join(row) + " |")
+    slowest = min(np.mean(runs[key]["pipeline"]) for _, key in sets)
+    print(f"\nworkers for 50 samples/s at the slowest mean pipeline rate ({slowest:.1f}/s per worker): "
           f"{int(np.ceil(50 / slowest))}")
 
 
