@@ -45,13 +45,16 @@ def observation_views(obs: dict, spec: ImageSpec) -> list[np.ndarray]:
     the policy's camera keys (an env's or a robot's observation dict)."""
     if "views" in obs:
         return list(obs["views"])
-    missing = [k for k in spec.observation_keys if k not in obs]
+    keys = spec.observation_keys
+    if any(k not in obs for k in keys) and len(keys) <= 2 and all(k in obs for k in DEFAULT_CAMERAS[:len(keys)]):
+        keys = DEFAULT_CAMERAS[:len(keys)]  # the generic names of views 0 and 1 (an env, a server's wire format)
+    missing = [k for k in keys if k not in obs]
     if missing:
         from tinyvla.errors import UserError
 
         raise UserError(f"the observation has no '{missing[0]}' camera; this policy reads "
                         f"{', '.join(spec.observation_keys)} (the observation has {', '.join(map(str, obs))})")
-    return [obs[k] for k in spec.observation_keys]
+    return [obs[k] for k in keys]
 
 
 def crop(image: np.ndarray, scale: float, rng: np.random.Generator | None) -> np.ndarray:
