@@ -75,6 +75,7 @@ def test_any_number_of_views_tiles_left_to_right():
     assert [im.size for im in model_images([a, b, c], spec)] == [(24, 8)]
 
 
+@pytest.mark.slow  # ~40 s: trains 2 steps, scores 6 frames of 10-step chunks, acts
 def test_train_offline_eval_and_act_on_camera_names(tmp_path, capsys):
     out = tmp_path / "run"
     rc, log, err = run(capsys, "train", RECIPE, "--test", "--set", f"data.repo={THREE}",
