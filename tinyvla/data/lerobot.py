@@ -126,7 +126,7 @@ class LeRobotDataset:
         action_key: str | None = None,
         state_key: str | None = None,
         tasks: Iterable[str | int] | None = None,
-        cache_row_groups: int = 4,
+        cache_mb: int = 256,
     ):
         self.root = Path(root)
         info_path = self.root / "meta" / "info.json"
@@ -169,7 +169,7 @@ class LeRobotDataset:
         self._ep_row = np.array([e["row"] for e in episodes], dtype=np.int64)
         self._ep_videos = [e["videos"] for e in episodes]
         self._check_videos()
-        self._rows = RowGroups(cache_row_groups)
+        self._rows = RowGroups(cache_mb)
         self._video = VideoFrames()
         self._columns: dict[str, np.ndarray] | None = None
 

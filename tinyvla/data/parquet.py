@@ -54,12 +54,21 @@ def decode_image(cell, where: str, root: Path | None = None) -> np.ndarray:
 
 
 class RowGroups:
-    """Parquet row groups (only the columns a sample needs), decoded from disk and kept in a fork-safe LRU keyed by
-    (file, row group, columns): a sample's cameras and state come from one read, and neighbouring frames hit."""
+    """Parquet row groups (only the columns a sample needs), read memory-mapped and kept in a fork-safe LRU keyed by
+    (file, row group, columns): a sample's cameras and state come from one read, and later frames of the same group
+    hit. A row group is the smallest unit parquet reads (lerobot writes ~100 frames, ~20 MB of PNG, per group), so
+    random access pays one group read per miss; the LRU holds about `cache_mb` of groups per process."""
 
-    def __init__(self, size: int = 4):
-        self.tables = ForkSafeCache(size)
+    def __init__(self, cache_mb: int = 256):
+        self.cache_mb = cache_mb
+        self.tables = ForkSafeCache(4)
         self.starts: dict[Path, np.ndarray] = {}
+
+    def _read(self, path: Path, group: int, columns: list[str]) -> pa.Table:
+        table = pq.ParquetFile(path, memory_map=True).read_row_group(group, columns=columns)
+        if len(self.tables) == 0:  # size the LRU by the first group's bytes
+            self.tables.size = max(4, int(self.cache_mb * 1e6 // max(1, table.nbytes)))
+        return table
 
     def row(self, path: Path, row: int, columns: list[str]) -> tuple[pa.Table, int]:
         starts = self.starts.get(path)
@@ -67,11 +76,5 @@ class RowGroups:
             md = pq.ParquetFile(path).metadata
             starts = self.starts[path] = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
         group = int(np.searchsorted(starts, row, side="right") - 1)
-        table = self.tables.get((path, group, tuple(columns)),
-                                lambda: pq.ParquetFile(path).read_row_group(group, columns=columns))
+        table = self.tables.get((path, group, tuple(columns)), lambda: self._read(path, group, columns))
         return table, row - int(starts[group])
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# The reader
-# ------------------------------------------------------------------------------------------------------------------
