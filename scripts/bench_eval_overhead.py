@@ -5,7 +5,7 @@
 
 For each suite, the same episodes (same seeds / init states) are run twice:
   bare     env.reset + env.step in a plain loop in this process, a fixed action: the simulator alone
-  harness  tinyvla.evaluation.rollout.run_episodes with the random policy: slots, (LIBERO) a worker process and
+  harness  tinyvla.evaluation.run_episodes with the random policy: slots, (LIBERO) a worker process and
            its pipes, the policy interface, episode bookkeeping; plus, with --policy, a real Policy
 Both include resets; the LIBERO worker is warmed up first (one episode) so neither side pays for building the scene.
 """
@@ -40,12 +40,13 @@ def bare(setup, episodes, action) -> tuple[float, int, float]:
 
 
 def harness(setup, episodes, policy, num_envs: int = 1) -> dict:
-    from tinyvla.evaluation import rollout
+    from tinyvla.evaluation.rollout import run_episodes
+    from tinyvla.evaluation.slots import make_slots
 
-    slots = rollout.make_slots(setup, num_envs)
+    slots = make_slots(setup, num_envs)
     try:
-        rollout.run_episodes(episodes[:1], policy, slots, lambda r: None, close_slots=False)  # warm-up: build envs
-        return rollout.run_episodes(episodes, policy, slots, lambda r: None, close_slots=False)
+        run_episodes(episodes[:1], policy, slots, lambda r: None, close_slots=False)  # warm-up: build envs
+        return run_episodes(episodes, policy, slots, lambda r: None, close_slots=False)
     finally:
         for s in slots:
             s.close()
@@ -64,9 +65,11 @@ def main():
     args = ap.parse_args()
 
     from tinyvla.envs.libero import libero_installed
-    from tinyvla.evaluation import rollout
+    from tinyvla.envs.suites import setup_suite
+    from tinyvla.evaluation.baselines import RandomPolicy
+    from tinyvla.evaluation.episodes import episode_list
 
-    policies = [("random", rollout.RandomPolicy())]
+    policies = [("random", RandomPolicy())]
     if args.policy:
         import torch
 
@@ -84,8 +87,8 @@ def main():
 
     rows = []
     for suite, n_eps, max_steps in suites:
-        setup = rollout.setup_suite(suite, max_steps=max_steps)
-        episodes = rollout.episode_list(setup, [0], n_eps)
+        setup = setup_suite(suite, max_steps=max_steps)
+        episodes = episode_list(setup, [0], n_eps)
         # The random policy never succeeds early in LIBERO and rarely in BlockFind, so both loops run ~the same steps.
         action = np.zeros(7, dtype=np.float32)
         action[-1] = -1.0

@@ -75,11 +75,10 @@ def main(argv=None) -> int:
     rows, ref = {}, None
     for name in names:
         opts = VARIANTS[name]
-        if opts:
-            policy.spec_options.update(opts)
         t = time.perf_counter()
-        run = closed_loop(policy, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
-                          speculative=opts is not None)
+        with policy.decoding(**(opts or {})):  # every variant names all three options
+            run = closed_loop(policy, steps=args.steps, num_envs=args.num_envs, seed=args.seed,
+                              speculative=opts is not None)
         c = run["counts"]
         if ref is None:
             ref = run["actions"]

@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyvla.cli.evaluate import evaluate, run_offline
+from tinyvla.evaluate import evaluate, run_offline
 from tinyvla.envs.blockfind import BlockFindEnv
 from tinyvla.errors import UserError
-from tinyvla.evaluation import rollout
+from tinyvla.envs.suites import EnvFactory, setup_suite
+from tinyvla.evaluation.baselines import RandomPolicy
+from tinyvla.evaluation.episodes import episode_list, parse_tasks
+from tinyvla.evaluation.rollout import run_episodes
+from tinyvla.evaluation.slots import WorkerSlot, make_slots
 from tinyvla.evaluation.results import EpisodeLog, checkpoint_identity
 from tinyvla.evaluation.video import compose_frame
 
@@ -133,8 +137,8 @@ class FlakyEnv(BlockFindEnv):
 
 
 def test_env_that_raises_is_an_error_episode():
-    setup = rollout.setup_suite("blockfind-reach")
-    episodes = rollout.episode_list(setup, [0], 4)
+    setup = setup_suite("blockfind-reach")
+    episodes = episode_list(setup, [0], 4)
     bad = episodes[1].seed
     builds = []
 
@@ -143,8 +147,8 @@ def test_env_that_raises_is_an_error_episode():
         return FlakyEnv(bad, max_steps=10)
 
     records = []
-    slots = rollout.make_slots(setup, 2, factory=factory)
-    stats = rollout.run_episodes(episodes, rollout.RandomPolicy(), slots, records.append)
+    slots = make_slots(setup, 2, factory=factory)
+    stats = run_episodes(episodes, RandomPolicy(), slots, records.append)
     by_ep = {r["episode"]: r for r in records}
     assert sorted(by_ep) == [0, 1, 2, 3] and stats["episodes"] == 4
     assert by_ep[1]["success"] is False and by_ep[1]["steps"] == 2
@@ -154,10 +158,10 @@ def test_env_that_raises_is_an_error_episode():
 
 
 def test_policy_that_raises_fails_only_its_episode():
-    setup = rollout.setup_suite("blockfind-reach", max_steps=8)
-    episodes = rollout.episode_list(setup, [0], 6)
+    setup = setup_suite("blockfind-reach", max_steps=8)
+    episodes = episode_list(setup, [0], 6)
 
-    class PickyPolicy(rollout.RandomPolicy):
+    class PickyPolicy(RandomPolicy):
         """Breaks on the 3rd step of episode 2 (found through its per-episode seed), whichever slot runs it."""
 
         def seed_env(self, i, seed):
@@ -173,14 +177,14 @@ def test_policy_that_raises_fails_only_its_episode():
             return super().act_batch(observations, instructions, env_ids)
 
     records = []
-    rollout.run_episodes(episodes, PickyPolicy(), rollout.make_slots(setup, 3), records.append)
+    run_episodes(episodes, PickyPolicy(), make_slots(setup, 3), records.append)
     by_ep = {r["episode"]: r for r in records}
     assert sorted(by_ep) == list(range(6))
     assert by_ep[2]["error"].startswith("policy: ValueError: cannot read this frame") and by_ep[2]["steps"] == 2
     assert all("error" not in by_ep[e] for e in (0, 1, 3, 4, 5))  # its batch-mates were retried alone and went on
 
 
-class ExitingFactory(rollout.EnvFactory):
+class ExitingFactory(EnvFactory):
     """Picklable factory for worker processes: its env kills the whole worker process mid-episode."""
 
     def __init__(self, bad_seed):
@@ -199,14 +203,14 @@ class _ExitingEnv(FlakyEnv):
 
 
 def test_worker_processes_match_in_process_and_survive_a_crash():
-    setup = rollout.setup_suite("blockfind-reach", max_steps=10)
-    episodes = rollout.episode_list(setup, [0], 4)
+    setup = setup_suite("blockfind-reach", max_steps=10)
+    episodes = episode_list(setup, [0], 4)
     local, workers = [], []
-    rollout.run_episodes(episodes, rollout.RandomPolicy(), rollout.make_slots(setup, 2), local.append)
+    run_episodes(episodes, RandomPolicy(), make_slots(setup, 2), local.append)
     factory = ExitingFactory(bad_seed=episodes[2].seed)
-    slots = rollout.make_slots(setup, 2, factory=factory, processes=True)
-    assert all(isinstance(s, rollout.WorkerSlot) for s in slots)
-    rollout.run_episodes(episodes, rollout.RandomPolicy(), slots, workers.append)
+    slots = make_slots(setup, 2, factory=factory, processes=True)
+    assert all(isinstance(s, WorkerSlot) for s in slots)
+    run_episodes(episodes, RandomPolicy(), slots, workers.append)
     assert all(not s.proc.is_alive() for s in slots)  # closed at the end
     strip = lambda rs: {r["episode"]: {k: v for k, v in r.items() if k != "seconds"} for r in rs}  # noqa: E731
     w, l = strip(workers), strip(local)
@@ -249,10 +253,10 @@ def test_missing_simulator_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_parse_tasks():
-    assert rollout.parse_tasks("0,2,5-7", 10) == [0, 2, 5, 6, 7]
-    assert rollout.parse_tasks(None, 3) == [0, 1, 2]
+    assert parse_tasks("0,2,5-7", 10) == [0, 2, 5, 6, 7]
+    assert parse_tasks(None, 3) == [0, 1, 2]
     with pytest.raises(UserError, match="expected task ids"):
-        rollout.parse_tasks("x", 3)
+        parse_tasks("x", 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -285,12 +289,12 @@ def tiny_policy_dir(tmp_path_factory):
     pytest.importorskip("transformers")
     import torch
 
-    from tinyvla.core.codec import ActionCodec, ActionStats
+    from tinyvla.core.codec import ActionStats
     from tinyvla.core.prompt import PromptSpec
     from tinyvla.data.transforms import ImageSpec
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
 
     # One thread: with two, OpenMP spin-waits on a busy 2-core machine made generation ~80x slower (4.3 s vs 0.05 s).
     threads = torch.get_num_threads()
@@ -299,8 +303,9 @@ def tiny_policy_dir(tmp_path_factory):
     model, processor = load_model("tiny-qwen3")
     # H=1 and 9 bins keep generation to 14 tokens per query: the test is about the loop, not the model.
     stats = ActionStats(min=[-1.0] * 7, max=[1.0] * 7)
-    policy = Policy(model, processor, ActionCodec(stats, horizon=1, bins=9), PromptSpec(horizon=1, dim=7, bins=9),
-                    ImageSpec(image_size=64, crop_scale=1.0, color_jitter=False))
+    config = PolicyConfig(PromptSpec(horizon=1, dim=7, bins=9),
+                          ImageSpec(image_size=64, crop_scale=1.0, color_jitter=False), stats)
+    policy = Policy(config, model, processor)
     path = tmp_path_factory.mktemp("policy") / "final"
     save_policy_dir(policy, path)
     yield path
@@ -369,8 +374,10 @@ def test_typer_command(tmp_path):
     import typer
     from typer.testing import CliRunner
 
+    from tinyvla.cli.evaluate import evaluate as eval_command
+
     app = typer.Typer()
-    app.command("eval")(evaluate)
+    app.command("eval")(eval_command)
     app.command("noop")(lambda: None)  # two commands: `eval` stays a named sub-command, as in tinyvla's app
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "expert", "--suite", "blockfind", "--episodes-per-task", "1", "--tasks", "1-2",
@@ -425,7 +432,7 @@ def test_libero_episode_with_a_tiny_policy(tmp_path):
 
 def test_training_probe_uses_the_rollout_code():
     from tinyvla.evaluation.probe import probe_success
-    from tinyvla.evaluation.rollout import ExpertPolicy, RandomPolicy
+    from tinyvla.evaluation.baselines import ExpertPolicy, RandomPolicy
 
     assert probe_success(ExpertPolicy(), "blockfind-reach", episodes=10, num_envs=5) >= 0.9
     assert probe_success(RandomPolicy(seed=0), "blockfind-reach", episodes=10, num_envs=5) <= 0.5

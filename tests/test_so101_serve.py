@@ -21,19 +21,20 @@ FRONT, WRIST = "observation.images.front", "observation.images.wrist"
 def test_serve_answers_a_6d_chunk(tmp_path):
     import torch
 
-    from tinyvla.core.codec import ActionCodec, ActionStats
+    from tinyvla.core.codec import ActionStats
     from tinyvla.core.prompt import PromptSpec
     from tinyvla.data.transforms import ImageSpec
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
 
     torch.manual_seed(0)
     model, processor = load_model("tiny-qwen3")
     stats = ActionStats(min=[-100.0] * 5 + [0.0], max=[100.0] * 5 + [100.0])  # joints in degrees, gripper 0-100
-    policy = Policy(model, processor, ActionCodec(stats, horizon=3, bins=20, gripper_dim=5),
-                    PromptSpec(horizon=3, dim=6, bins=20),
-                    ImageSpec(image_size=48, crop_scale=1.0, color_jitter=False, cameras=(FRONT, WRIST)))
+    config = PolicyConfig(PromptSpec(horizon=3, dim=6, bins=20),
+                          ImageSpec(image_size=48, crop_scale=1.0, color_jitter=False, cameras=(FRONT, WRIST)),
+                          stats, gripper_dim=5)
+    policy = Policy(config, model, processor)
     save_policy_dir(policy, tmp_path / "policy")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

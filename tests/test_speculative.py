@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyvla.core.codec import ActionCodec, ActionStats
+from tinyvla.core.codec import ActionStats
 from tinyvla.core.grammar import FINISHED, ActionGrammar
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
@@ -18,9 +18,10 @@ H, D, B = 4, 7, 1000
 INSTRUCTIONS = ["pick up the red block", "pick up the blue block", "pick up the yellow block now"]
 
 
-def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0):
+def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0, speculative: bool = False):
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
+    from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
     torch.manual_seed(seed)
     model, processor = load_model(name)
@@ -31,9 +32,9 @@ def make_policy(name: str, seed: int, bins: int = B, scale: float = 10.0):
         for p in model.parameters():
             if p.ndim >= 2:
                 p.mul_(scale)
-    codec = ActionCodec(ActionStats(min=[-1.0] * D, max=[1.0] * D), horizon=H, bins=bins)
-    return Policy(model, processor, codec, PromptSpec(H, D, bins), ImageSpec(image_size=64, crop_scale=0.9,
-                                                                              color_jitter=False))
+    config = PolicyConfig(PromptSpec(H, D, bins), ImageSpec(image_size=64, crop_scale=0.9, color_jitter=False),
+                          ActionStats(min=[-1.0] * D, max=[1.0] * D), decoding=DecodingConfig(speculative=speculative))
+    return Policy(config, model, processor)
 
 
 @pytest.fixture(scope="module", params=["tiny-qwen3", "tiny-qwen2.5"])
@@ -167,8 +168,7 @@ def test_closed_loop_same_actions_fewer_passes():
 
 def test_policy_drafts_from_previous_chunk():
     torch.set_num_threads(1)
-    policy = make_policy("tiny-qwen3", seed=3, scale=1.0)
-    policy.speculative = True
+    policy = make_policy("tiny-qwen3", seed=3, scale=1.0, speculative=True)
     policy.reset(2)
     rng = np.random.default_rng(4)
     obs = [{"image": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),

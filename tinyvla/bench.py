@@ -20,7 +20,7 @@ drafts: judge acceptance on a trained policy.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import resource
 import statistics
 import time
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyvla.errors import UserError
+from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
 MODES = ("spec", "greedy")
 
@@ -106,15 +107,14 @@ def resolve_target(target: str | None, model: str | None = None, overrides: list
     raise UserError(f"{target} is neither a recipe (.yaml) nor a policy directory (with policy.json)")
 
 
-def policy_from_recipe(recipe, device: str | None = None, dtype: str | None = None):
+def policy_from_recipe(recipe, device: str | None = None, dtype: str | None = None,
+                       decoding: DecodingConfig | None = None):
     """A Policy with the recipe's model (random weights for tiny-*/arch:*), prompt and images; stats span [-1, 1]."""
     import torch
 
-    from tinyvla.core.codec import ActionCodec, ActionStats
-    from tinyvla.data.transforms import ImageSpec
+    from tinyvla.core.codec import ActionStats
     from tinyvla.modeling.loading import load_model
     from tinyvla.policy import Policy
-    from tinyvla.training.trainer import _ensemble_cfg, specs_from_recipe
 
     m = recipe.model
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -122,12 +122,12 @@ def policy_from_recipe(recipe, device: str | None = None, dtype: str | None = No
     model, processor = load_model(m.name, dtype=dtype, attn_implementation=m.attn_implementation,
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer, device=device)
-    prompt, image_spec = specs_from_recipe(recipe)
-    image_spec = ImageSpec(image_size=image_spec.image_size, crop_scale=image_spec.crop_scale, color_jitter=False,
-                           tile_views=image_spec.tile_views)
     stats = ActionStats(min=[-1.0] * recipe.actions.dim, max=[1.0] * recipe.actions.dim)
-    codec = ActionCodec(stats, horizon=prompt.horizon, bins=prompt.bins, gripper_dim=recipe.actions.gripper_dim)
-    return Policy(model, processor, codec, prompt, image_spec, ensemble=_ensemble_cfg(recipe))
+    config = PolicyConfig.from_recipe(recipe, stats)
+    # No training-time augmentation, global bounds, and decoding as asked (the bench sets the mode per run).
+    config = config.replace(image=dataclasses.replace(config.image, color_jitter=False), per_task_bounds=False,
+                            decoding=decoding or DecodingConfig())
+    return Policy(config, model, processor)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -150,13 +150,11 @@ def closed_loop(policy, steps: int = 20, num_envs: int = 1, seed: int = 0, specu
     kwargs = {"max_steps": max_episode_steps} if max_episode_steps else {}
     envs = [make_env(suite, image_size=size, **kwargs) for _ in range(num_envs)]
     obs = [env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)]
-    old = policy.speculative
-    policy.speculative = speculative
     policy.reset(num_envs)
     before = dict(policy.decode_stats)
     actions, call_s, call_passes, fresh = [], [], [], []
     new_episode = [True] * num_envs
-    try:
+    with policy.decoding(speculative=speculative):  # the policy's own setting comes back afterwards
         for _ in range(steps):
             t = time.perf_counter()
             passes = policy.decode_stats["passes"]
@@ -173,8 +171,6 @@ def closed_loop(policy, steps: int = 20, num_envs: int = 1, seed: int = 0, specu
                     policy.reset_env(i)
                     new_episode[i] = True
                 obs[i] = o
-    finally:
-        policy.speculative = old
     counts = {k: policy.decode_stats[k] - before[k] for k in before}
     return {"actions": np.stack(actions), "counts": counts, "seconds": float(sum(call_s)), "call_s": call_s,
             "call_passes": call_passes, "call_fresh": fresh}
@@ -244,8 +240,8 @@ def synthetic_batch(recipe, processor, batch_size: int, seed: int = 0) -> dict:
     codes, the recipe's masking; built by the training code's own encode + collate."""
     from tinyvla.core.codec import ActionCodec
     from tinyvla.inputs import encode_training_example, mask_token_id
-    from tinyvla.recipe import BLOCKFIND_SUITES
-    from tinyvla.training.trainer import specs_from_recipe
+    from tinyvla.envs.suites import BLOCKFIND_SUITES
+    from tinyvla.policy_dir import specs_from_recipe
 
     prompt, image_spec = specs_from_recipe(recipe)
     rng = np.random.default_rng(seed)
@@ -358,7 +354,7 @@ def recipe_frames(recipe) -> tuple[int, str]:
     """(training frames, where the number comes from). Reads a local dataset; BlockFind data not generated yet is
     rolled out in memory at a tiny render size (frame counts do not depend on it); LIBERO from the hub is the published
     count (per suite: a quarter of it, approximately)."""
-    from tinyvla.recipe import BLOCKFIND_SUITES
+    from tinyvla.envs.suites import BLOCKFIND_SUITES, is_libero
 
     d = recipe.data
     if Path(d.repo).exists():
@@ -378,16 +374,11 @@ def recipe_frames(recipe) -> tuple[int, str]:
         return int(sum(lengths) - held * mean), f"{n_eps} {d.suite} expert episodes (to be generated)"
     if d.suite == "libero_all":
         return LIBERO_ALL_FRAMES, f"{d.repo}: published frame count"
-    if d.suite is not None and d.suite.startswith("libero"):
+    if is_libero(d.suite):
         return LIBERO_ALL_FRAMES // 4, f"{d.repo}: about a quarter of the 4-suite frame count"
     raise UserError(f"cannot count the frames of {d.repo} (not found locally); set train.max_steps for an estimate")
 
 
 def total_steps(recipe, frames: int, processes: int = 1) -> int:
     """Optimizer steps the trainer will run (its own formula: whole micro-batches per process, per epoch)."""
-    cfg = recipe.train
-    if cfg.max_steps:
-        return int(cfg.max_steps)
-    per_rank = frames // max(1, processes)
-    steps_per_epoch = max(1, (per_rank // cfg.batch_size) // cfg.grad_accum)
-    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    return recipe.train.total_steps(frames // max(1, processes))

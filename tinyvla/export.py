@@ -54,9 +54,8 @@ def model_card(cfg: dict, results: list[dict]) -> str:
 
 def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, dtype: str = "fp32",
                   push_to_hub: str | None = None) -> Path:
-    import torch
-
     from tinyvla.core.atomic import write_text_atomic
+    from tinyvla.modeling.loading import DTYPES
     from tinyvla.policy import Policy
     from tinyvla.policy_dir import save_policy_dir
 
@@ -64,10 +63,10 @@ def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, d
         raise UserError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
     out = Path(out)
     policy = Policy.from_pretrained(ckpt, device="cpu")
-    src = Path(getattr(policy, "source", ckpt))
+    src = Path(policy.source)
     if out.resolve() == src.resolve():
         raise UserError("--out must differ from the checkpoint directory")
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    torch_dtype = DTYPES[dtype]
     recipe = policy.meta.get("recipe")
     save_policy_dir(policy, out, recipe=recipe, merge_lora=merge_lora, dtype=torch_dtype,
                     extra={"exported_from": str(src), "dtype": dtype})

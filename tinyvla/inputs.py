@@ -14,8 +14,6 @@ from tinyvla.core.masking import mask_action_tokens
 from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec, model_images, observation_views
 
-IGNORE = -100  # label value the loss skips
-
 
 def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, views: list[np.ndarray],
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
@@ -32,15 +30,14 @@ def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec
     `rng` given = training: random crop, colour jitter and masked action augmentation (when mask_prob > 0).
     """
     views = observation_views(sample, image_spec)
-    item = encode_prompt(processor, prompt, image_spec, views, sample["instruction"], rng)
-    prompt_ids = list(item["input_ids"])
-    action_ids = processor.encode_action_text(action_text)
-    tail = list(processor.end_of_turn_ids)
-    input_ids = prompt_ids + action_ids + tail
-    labels = [IGNORE] * len(prompt_ids) + action_ids + tail
+    images = model_images(views, image_spec, rng)  # the rng's first use: the crop
+    item = processor.build_training_example(images, sample["instruction"], prompt.system, action_text,
+                                            prompt.instruction_position)
+    start, end = item.pop("action_span")
+    input_ids, labels = item["input_ids"], item["labels"]
     if rng is not None and mask_prob > 0:
         input_ids, labels = mask_action_tokens(
-            input_ids, labels, action_start=len(prompt_ids), action_len=len(action_ids), mask_token_id=mask_token_id,
+            input_ids, labels, action_start=start, action_len=end - start, mask_token_id=mask_token_id,
             mask_prob=mask_prob, unmasked_fraction=unmasked_fraction, rng=rng,
         )
     item["input_ids"] = [int(x) for x in input_ids]

@@ -7,67 +7,91 @@
 
 Inputs: both camera frames -> crop/resize/tile -> the VLA-0 chat. Model: constrained greedy decoding, so the output is
 always exactly H x D integers in 0..B. Outputs: parse -> decode with the saved action stats -> temporal ensembling.
+Everything about the format (prompt, images, stats, ensembling, decoding) is in `policy.config`, a
+`tinyvla.policy_dir.PolicyConfig`; this class knows nothing about disk. It implements
+`tinyvla.interface.PolicyInterface`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from tinyvla.core.codec import ActionCodec, ActionStats
 from tinyvla.core.ensemble import BatchEnsembler
-from tinyvla.core.prompt import INSTRUCTION_POSITIONS, PromptSpec
-from tinyvla.data.transforms import ImageSpec, observation_views
-from tinyvla.errors import UserError
-
-POLICY_FORMAT = 1  # bump when policy.json changes incompatibly
+from tinyvla.data.transforms import observation_views
+from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
 
 class Policy:
-    def __init__(self, model, processor, codec: ActionCodec, prompt: PromptSpec, image_spec: ImageSpec,
-                 ensemble: dict | None = None, meta: dict | None = None):
+    def __init__(self, config: PolicyConfig, model, processor, source: str | None = None):
+        """config: how the policy reads, writes, blends and decodes; model + processor: a loaded pair
+        (tinyvla.modeling.loading); source: where it was loaded from, if anywhere (recorded by eval)."""
         import torch
 
         from tinyvla.core.grammar import ActionGrammar, TokenConstraint, vocab_from_tokenizer
 
+        self.config = config
         self.model = model.eval()
         self.processor = processor
-        self.codec = codec
-        self.prompt = prompt
-        self.image_spec = image_spec
-        self.ensemble_cfg = {"weighting": "vla0", "max_chunks": 8, "exp_w": 0.5, "execute_horizon": 1, **(ensemble or {})}
-        self.meta = meta or {}
+        self.source = source
+        self.codec = config.codec()
         self.device = next(model.parameters()).device
-        self.grammar = ActionGrammar(prompt.horizon, prompt.dim, prompt.bins)
+        self.grammar = ActionGrammar(config.prompt.horizon, config.prompt.dim, config.prompt.bins)
         self.constraint = TokenConstraint(self.grammar, vocab_from_tokenizer(processor.tokenizer),
                                           eos_ids=list(processor.eos_token_ids))
-        self.forward_passes = 0  # model forward calls made while predicting: the speed work's unit
         # Decoding totals since construction (the bench reads them): generate calls, chunks written, forward passes,
         # tokens written, draft tokens fed and kept.
         self.decode_stats = {"calls": 0, "chunks": 0, "passes": 0, "tokens": 0, "drafted": 0, "accepted": 0}
-        # Chunk-shift speculative decoding in act_batch (tinyvla/modeling/speculative.py): each env's previous chunk,
-        # shifted by the steps since, drafts its next one. Same actions, far fewer forward passes. Off by default;
-        # eval turns it on from the recipe's eval.speculative.
-        self.speculative = False
-        self.spec_options = {"redraft": True, "reuse_cache": True, "adaptive": True, "max_draft_tokens": None}
-        # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
-        # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
-        self.generate_kwargs: dict = {}
         self._ensembler: BatchEnsembler | None = None
         self._steps: list[int] = []
         self._last_codes: dict[int, tuple[int, np.ndarray]] = {}  # env -> (query step, (H, D) int codes)
         self._start_codes: np.ndarray | None = None  # the latest chunk written at an episode's first step
         self._torch = torch
 
+    # -- what it is -------------------------------------------------------------------------------------------------
+    @property
+    def prompt(self):
+        return self.config.prompt
+
+    @property
+    def image_spec(self):
+        return self.config.image
+
+    @property
+    def meta(self) -> dict:
+        return self.config.meta
+
+    @property
+    def forward_passes(self) -> int:
+        """Model forward calls made while predicting (the speed work's unit): decode_stats["passes"]."""
+        return self.decode_stats["passes"]
+
+    @property
+    def speculative(self) -> bool:
+        return self.config.decoding.speculative
+
+    @contextlib.contextmanager
+    def decoding(self, **changes):
+        """Decode with other DecodingConfig settings inside a `with` block (the bench compares modes on one loaded
+        model); the policy's own settings come back afterwards, even on error."""
+        old = self.config
+        self.config = dataclasses.replace(old, decoding=dataclasses.replace(old.decoding, **changes))
+        try:
+            yield self
+        finally:
+            self.config = old
+
     # -- construction -----------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: str | None = None) -> "Policy":
+    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: str | None = None,
+                        decoding: DecodingConfig | None = None) -> "Policy":
         """Load a policy directory written by `tinyvla train` or `tinyvla export` (or a hub id of one)."""
         from tinyvla.policy_dir import load_policy_dir
 
-        return load_policy_dir(path, device=device, dtype=dtype)
+        return cls(*load_policy_dir(path, device=device, dtype=dtype, decoding=decoding))
 
     # -- prediction -------------------------------------------------------------------------------------------------
     def encode_batch(self, images: list, wrist_images: list | None, instructions: list[str]) -> dict:
@@ -100,23 +124,18 @@ class Policy:
                 tokens, stats = speculative_generate(
                     self.model, batch, self.constraint, list(draft), self.processor.encode_action_text,
                     eos_draft_id=self.processor.end_of_turn_ids[0], pad_token_id=self.processor.pad_token_id,
-                    max_new_tokens=self.grammar.max_chars + 1, **self.spec_options)
+                    max_new_tokens=self.grammar.max_chars + 1,
+                    **self.config.decoding.speculative_options())
                 self.decode_stats["drafted"] += stats.drafted
                 self.decode_stats["accepted"] += stats.accepted
             else:
-                from tinyvla.modeling.constrained import ActionLogitsProcessor
+                from tinyvla.modeling.constrained import constrained_generate_kwargs
 
-                out = self.model.generate(
-                    **batch,
-                    logits_processor=[ActionLogitsProcessor(self.constraint)],
-                    do_sample=False,
-                    max_new_tokens=self.grammar.max_chars + 1,
-                    eos_token_id=list(self.processor.eos_token_ids),
-                    pad_token_id=self.processor.pad_token_id,
-                    **self.generate_kwargs,
-                )
+                # Greedy whatever the checkpoint's generation_config says (real Qwen checkpoints default to sampling).
+                out = self.model.generate(**batch, do_sample=False, **self.config.decoding.generate_kwargs,
+                                          **constrained_generate_kwargs(self.constraint,
+                                                                        pad_token_id=self.processor.pad_token_id))
                 tokens = out[:, prompt_len:].tolist()
-        self.forward_passes += counter.calls
         eos = set(self.constraint.eos_ids)
         self.decode_stats["calls"] += 1
         self.decode_stats["chunks"] += len(tokens)
@@ -152,10 +171,8 @@ class Policy:
     # -- acting with ensembling -------------------------------------------------------------------------------------
     def reset(self, num_envs: int = 1) -> None:
         """Start new episodes: forget every stored chunk."""
-        cfg = self.ensemble_cfg
-        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim, weighting=cfg["weighting"],
-                                         max_chunks=cfg["max_chunks"], exp_w=cfg["exp_w"],
-                                         execute_horizon=cfg["execute_horizon"])
+        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim,
+                                         **self.config.ensemble.to_dict())
         self._steps = [0] * num_envs
         self._last_codes.clear()
 
@@ -190,23 +207,11 @@ class Policy:
     def act(self, observation: dict, instruction: str) -> np.ndarray:
         return self.act_batch([observation], [instruction])[0]
 
-    # -- description ------------------------------------------------------------------------------------------------
-    def config(self) -> dict:
-        """What policy.json records about how this policy reads and writes."""
-        return {
-            "format": POLICY_FORMAT,
-            "horizon": self.prompt.horizon,
-            "dim": self.prompt.dim,
-            "bins": self.prompt.bins,
-            "system_prompt": self.prompt.system,
-            "instruction_position": self.prompt.instruction_position,
-            "image": self.image_spec.to_dict(),
-            "action_stats": self.codec.stats.to_dict(),
-            "per_task_bounds": self.codec.per_task_bounds,
-            "gripper_dim": self.codec.gripper_dim,
-            "ensemble": self.ensemble_cfg,
-            **self.meta,
-        }
+    def seed_env(self, i: int, seed: int) -> None:
+        """Decoding is greedy: nothing to seed (part of the policy interface, for policies that sample)."""
+
+    def bind(self, slots) -> None:
+        """A model policy sees observations only, never the envs (part of the policy interface)."""
 
 
 class _ForwardCounter:
@@ -224,42 +229,3 @@ class _ForwardCounter:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-def policy_from_config(model, processor, cfg: dict, meta: dict | None = None) -> Policy:
-    """Rebuild a Policy from a loaded model/processor and a policy.json dict, validating it."""
-    for key in ("horizon", "dim", "bins", "action_stats", "image"):
-        if key not in cfg:
-            raise UserError(f"policy.json has no '{key}': this directory was not written by tinyvla train/export")
-    stats = ActionStats.from_dict(cfg["action_stats"])
-    if stats.dim != cfg["dim"]:
-        raise UserError(f"policy.json: action stats have {stats.dim} dimensions but dim is {cfg['dim']}; "
-                        "re-export the policy with matching stats")
-    # policies written before instruction_position existed say only whether the instruction came first
-    position = cfg.get("instruction_position",
-                       "before_images" if cfg.get("instruction_first", False) else "after_images")
-    if position not in INSTRUCTION_POSITIONS:
-        raise UserError(f"policy.json: instruction_position {position!r} is not one of "
-                        f"{', '.join(INSTRUCTION_POSITIONS)}; the file was edited by hand")
-    cameras = cfg["image"].get("cameras")
-    prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
-                        tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
-                        num_views=len(cameras) if cameras else 2)
-    if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
-        raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
-    image_spec = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")
-                              if k in cfg["image"]}, cameras=tuple(cameras) if cameras else None)
-    codec = ActionCodec(stats, horizon=cfg["horizon"], bins=cfg["bins"], per_task_bounds=cfg.get("per_task_bounds", False),
-                        gripper_dim=cfg.get("gripper_dim", 6))
-    return Policy(model, processor, codec, prompt, image_spec, ensemble=cfg.get("ensemble"), meta=meta)
-
-
-def read_policy_json(path: Path) -> dict:
-    file = path / "policy.json"
-    if not file.is_file():
-        raise UserError(f"{path} is not a policy directory (no policy.json); pass a `tinyvla train` output such as "
-                        "runs/NAME/final or an exported policy")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); re-export the policy") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,14 +18,11 @@ from pathlib import Path
 
 import yaml
 
+from tinyvla.core.ensemble import WEIGHTINGS, EnsembleConfig
 from tinyvla.core.prompt import INSTRUCTION_POSITIONS
 from tinyvla.envs.blockfind import EXPERT_PATHS
+from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
-
-LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-BLOCKFIND_SUITES = ("blockfind-reach", "blockfind")
-# "libero_all" = the four suites VLA-0 trains one policy on (libero_90 is not part of it).
-DATA_SUITES = BLOCKFIND_SUITES + LIBERO_SUITES + ("libero_all",)
 
 
 @dataclass
@@ -128,6 +126,15 @@ class TrainConfig:
     wandb: bool = False
     out_dir: str | None = None  # None = runs/<recipe name>
 
+    def total_steps(self, frames_per_process: int) -> int:
+        """Optimizer steps a run takes: max_steps, else epochs x the whole accumulated batches of one process's share
+        of an epoch (the trainer drops an epoch's partial batch and partial accumulation). The trainer and the
+        bench / doctor estimates both use this."""
+        if self.max_steps:
+            return int(self.max_steps)
+        steps_per_epoch = max(1, (frames_per_process // self.batch_size) // self.grad_accum)
+        return max(1, math.ceil(self.epochs * steps_per_epoch))
+
 
 @dataclass
 class EvalConfig:
@@ -138,10 +145,11 @@ class EvalConfig:
     seed: int = 7  # openpi / VLA-0 protocol seed
     wait_steps: int = 10  # no-op steps after reset while objects settle
     resolution: int = 256  # render size
-    ensemble: str = "vla0"  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none; none costs ~2 pt in VLA-0
-    ensemble_size: int = 8  # chunks kept
-    exp_w: float = 0.5  # decay for ensemble=exp
-    execute_horizon: int = 1  # steps between queries; 1 = re-query every step (VLA-0)
+    # Ensembling (defaults: tinyvla.core.ensemble.EnsembleConfig, whose names the policy records)
+    ensemble: str = EnsembleConfig.weighting  # vla0 (1.0 newest, 0.5 older) | exp | uniform | none; none: ~-2 pt
+    ensemble_size: int = EnsembleConfig.max_chunks  # chunks kept
+    exp_w: float = EnsembleConfig.exp_w  # decay for ensemble=exp
+    execute_horizon: int = EnsembleConfig.execute_horizon  # steps between queries; 1 = re-query every step (VLA-0)
     video: int = 0  # episodes per task saved as MP4
     speculative: bool = True  # chunk-shift speculative decoding (identical output, fewer forward passes)
 
@@ -166,7 +174,7 @@ class Recipe:
             "train.precision": (self.train.precision, ("fp32", "bf16", "fp16")),
             "train.optimizer": (self.train.optimizer, ("adamw", "adamw8bit")),
             "train.schedule": (self.train.schedule, ("constant", "cosine")),
-            "eval.ensemble": (self.eval.ensemble, ("vla0", "exp", "uniform", "none")),
+            "eval.ensemble": (self.eval.ensemble, WEIGHTINGS),
             "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
             "data.generate_path": (self.data.generate_path, EXPERT_PATHS),
         }

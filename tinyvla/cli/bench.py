@@ -70,14 +70,15 @@ def bench(
         report["train"] = B.bench_training(recipe, steps=train_steps, warmup=warmup + 1, batch_size=batch_size,
                                            peak_tflops=peak_tflops, num_threads=num_threads)
     if only in (None, "infer"):
+        from tinyvla.policy_dir import DecodingConfig
+
+        decoding = DecodingConfig(generate_kwargs={"cache_implementation": "static"} if static_cache else {})
         if policy_dir is not None:
             from tinyvla.policy import Policy
 
-            policy = Policy.from_pretrained(policy_dir, device=device, dtype=dtype)
+            policy = Policy.from_pretrained(policy_dir, device=device, dtype=dtype, decoding=decoding)
         else:
-            policy = B.policy_from_recipe(recipe, device=device, dtype=dtype)
-        if static_cache:
-            policy.generate_kwargs["cache_implementation"] = "static"
+            policy = B.policy_from_recipe(recipe, device=device, dtype=dtype, decoding=decoding)
         report["infer"] = B.bench_inference(policy, modes=modes, steps=steps, num_envs=num_envs, repeats=repeats,
                                             warmup=warmup, seed=seed)
         report["infer"]["random_weights"] = policy_dir is None and not _is_checkpoint(recipe.model.name)

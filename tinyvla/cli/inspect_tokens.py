@@ -69,9 +69,9 @@ def inspect_tokens(
     """Show the rendered prompt, the action tokens, token counts, a masked-training preview, and parse --text."""
     from tinyvla.core.codec import ActionCodec, ActionStats
     from tinyvla.core.grammar import ActionGrammar
-    from tinyvla.core.masking import mask_action_tokens
+    from tinyvla.core.masking import IGNORE_INDEX, mask_action_tokens
     from tinyvla.recipe import load_recipe, recipe_from_dict, apply_overrides
-    from tinyvla.training.trainer import specs_from_recipe
+    from tinyvla.policy_dir import specs_from_recipe
 
     if text is not None and not text.strip():
         raise UserError("--text is empty: pass the model output to parse, e.g. --text \"500 500 500 ...\"")
@@ -116,7 +116,7 @@ def inspect_tokens(
         mask_prob=cfg.actions.mask_prob, unmasked_fraction=0.0, rng=np.random.default_rng(seed),
     ) if cfg.actions.mask_prob > 0 else (action_ids, action_ids)
     masked_text = tok.decode(list(masked_inputs))
-    supervised = "".join(p if lab != -100 else "_" for p, lab in zip(pieces, masked_labels))
+    supervised = "".join(p if lab != IGNORE_INDEX else "_" for p, lab in zip(pieces, masked_labels))
 
     report = {
         "model": ref.name, "tokenizer": type(tok).__name__, "vocab_size": len(tok),

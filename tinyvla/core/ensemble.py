@@ -25,6 +25,7 @@ Pure: numpy + stdlib.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 import numpy as np
@@ -32,6 +33,21 @@ import numpy as np
 from tinyvla.errors import UserError
 
 WEIGHTINGS = ("vla0", "exp", "uniform", "none")
+
+
+@dataclasses.dataclass
+class EnsembleConfig:
+    """How a policy blends chunks, as policy.json's "ensemble" and results.json's protocol record it. The defaults are
+    VLA-0's and live only here (the recipe's eval section and the ensembler take them from this class). The recipe
+    names these eval.ensemble (= weighting), eval.ensemble_size (= max_chunks), eval.exp_w, eval.execute_horizon."""
+
+    weighting: str = "vla0"
+    max_chunks: int = 8
+    exp_w: float = 0.5
+    execute_horizon: int = 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def chunk_weights(weighting: str, n: int, exp_w: float = 0.5) -> np.ndarray:
@@ -55,10 +71,10 @@ class ChunkEnsembler:
         self,
         horizon: int,
         dim: int,
-        weighting: str = "vla0",
-        max_chunks: int = 8,
-        exp_w: float = 0.5,
-        execute_horizon: int = 1,
+        weighting: str = EnsembleConfig.weighting,
+        max_chunks: int = EnsembleConfig.max_chunks,
+        exp_w: float = EnsembleConfig.exp_w,
+        execute_horizon: int = EnsembleConfig.execute_horizon,
     ):
         if weighting not in WEIGHTINGS:
             raise UserError(f"unknown ensembling weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")

@@ -10,10 +10,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from tinyvla.envs.suites import LIBERO_ALL
 from tinyvla.errors import UserError
-
-# VLA-0 trains one policy on these four together; libero_90 is a separate pre-training suite.
-LIBERO_ALL = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 
 
 @lru_cache(maxsize=1)

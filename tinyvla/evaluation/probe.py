@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import math
 
+from tinyvla.interface import PolicyInterface
+
 PROBE_SEED = 1000
 
 
-def probe_success(policy, suite: str, episodes: int = 20, num_envs: int = 10, seed: int = PROBE_SEED) -> float:
-    from tinyvla.evaluation.rollout import episode_list, make_slots, run_episodes, setup_suite
+def probe_success(policy: PolicyInterface, suite: str, episodes: int = 20, num_envs: int = 10,
+                  seed: int = PROBE_SEED) -> float:
+    from tinyvla.envs.suites import setup_suite
+    from tinyvla.evaluation.episodes import episode_list
+    from tinyvla.evaluation.rollout import run_episodes
+    from tinyvla.evaluation.slots import make_slots
 
     setup = setup_suite(suite, seed=seed)
     per_task = max(1, math.ceil(episodes / len(setup.tasks)))

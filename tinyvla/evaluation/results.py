@@ -13,10 +13,8 @@ Pure stdlib + numpy-free: importing this module costs nothing.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 from pathlib import Path
 
 from tinyvla.core.atomic import write_json_atomic
@@ -80,30 +78,6 @@ class EpisodeLog:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Identity: versions, checkpoint hash, run settings
-
-
-def versions() -> dict:
-    """Versions of everything that changes a success rate; None where a package is not installed. Read from package
-    metadata, so nothing heavy is imported."""
-
-    def version(*dists):
-        for dist in dists:
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return None
-
-    return {
-        "tinyvla": version("tinyvla"),
-        "python": platform.python_version(),
-        "numpy": version("numpy"),
-        "torch": version("torch"),
-        "transformers": version("transformers"),
-        "mujoco": version("mujoco"),
-        "robosuite": version("robosuite"),
-        "libero": version("hf-libero", "libero"),
-    }
 
 
 def _sha256_file(path: Path, h) -> None:

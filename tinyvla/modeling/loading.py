@@ -164,66 +164,12 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ checkpoints
-def _is_peft(model) -> bool:
+def is_peft_model(model) -> bool:
     try:
         from peft import PeftModel
     except ImportError:
         return False
     return isinstance(model, PeftModel)
-
-
-def find_init_policy(path: str | Path) -> Path:
-    """The policy directory `model.init_from` names, checked (exists, safetensors, no unmerged adapter)."""
-    from tinyvla.policy_dir import check_safe_files, resolve_policy_path
-
-    if not Path(path).exists() and str(path).count("/") != 1:  # not a local dir, and not a hub id either
-        raise UserError(f"model.init_from: no policy at {path}; train the stage it names first (its recipe's header "
-                        "says which), or point it elsewhere with --set model.init_from=DIR")
-    root = resolve_policy_path(path)
-    check_safe_files(root)
-    if (root / "adapter").is_dir():
-        raise UserError(f"{root} holds an unmerged LoRA adapter; export it merged first (tinyvla export {path} "
-                        "--merge-lora) and start from the export")
-    return root
-
-
-def load_weights_from_policy(model, path: str | Path, tokenizer=None) -> None:
-    """Copy a tinyvla policy directory's weights into `model` (same architecture): the next stage of a curriculum, or
-    fine-tuning a multi-task policy on one suite. Only the weights come over; stats and prompt come from the recipe.
-
-    With `tokenizer` (the run's), the policy's saved vocabulary must equal it: weights mean something only under the
-    ids they were trained with, and a rebuilt vocabulary (e.g. new instruction words) would silently scramble the
-    embeddings. Checked first, since a new vocabulary usually changes the shapes too."""
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer
-
-    root = find_init_policy(path)
-    vocab_file = root / "model" / "tokenizer.json"
-    if tokenizer is not None and vocab_file.is_file():  # older policy layouts have nothing to compare with
-        if Tokenizer.from_file(str(vocab_file)).get_vocab() != tokenizer.get_vocab():
-            raise UserError(f"model.init_from {path}: it was trained with another vocabulary than this run's "
-                            "tokenizer; retrain that stage with this tinyvla version (or set model.tokenizer to its "
-                            "directory)")
-    state = {}
-    for file in sorted((root / "model").glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    # Tied weights (lm_head = embed_tokens in the tiny models) are saved once; the copy fills both.
-    missing = [k for k in own if k not in state and not _is_tied(model, k)]
-    unexpected = [k for k in state if k not in own]
-    if wrong or missing or unexpected:
-        first = (wrong or missing or unexpected)[0]
-        raise UserError(f"model.init_from {path}: its weights do not fit this model ({len(wrong)} shapes differ, "
-                        f"{len(missing)} missing, {len(unexpected)} unexpected; e.g. {first}); use the same "
-                        "model.name and model.tiny sizes as the run that wrote it")
-    model.load_state_dict(state, strict=False)
-
-
-def _is_tied(model, key: str) -> bool:
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    return key.endswith("lm_head.weight") and out is not None and inp is not None and out.weight is inp.weight
 
 
 def plain_state_dict(base, merge_lora: bool = True) -> dict:
@@ -249,25 +195,42 @@ def plain_state_dict(base, merge_lora: bool = True) -> dict:
     return state
 
 
-def save_policy_model(model, processor: VLAProcessor, directory) -> None:
+def save_policy_model(model, processor: VLAProcessor, directory, *, merge_lora: bool = True, dtype=None,
+                      state_dict=None, adapter_dir=None) -> bool:
     """config.json + model.safetensors + tokenizer + image processor into `directory` (created; files overwritten).
+    Returns True when a LoRA adapter was saved apart, into `adapter_dir` (merge_lora=False).
 
     The policy directory also holds files written by others (policy.json, action_stats.json), so making the whole
-    directory appear atomically is the caller's job: write into `tinyvla.core.atomic.atomic_dir(...)`.
+    directory appear atomically is the caller's job (tinyvla.policy_dir.save_policy_dir writes into an atomic_dir).
 
-    A LoRA model is saved merged (W + B A * scale: a plain checkpoint anyone can load) without touching the live model,
-    so training can go on. (peft's merge_adapter/unmerge_adapter would round the base weights twice in bf16.)
+    A LoRA model is saved merged by default (W + B A * scale: a plain checkpoint anyone can load) without touching the
+    live model, so training can go on. (peft's merge_adapter/unmerge_adapter would round the base weights twice in
+    bf16.) `dtype`: cast floating weights on the way out. `state_dict`: the full weights when the live module holds
+    only a shard (FSDP: `accelerator.get_state_dict`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if _is_peft(model):
-        base = model.get_base_model()
-        base.save_pretrained(str(directory), state_dict=plain_state_dict(base, merge_lora=True))
+    peft = is_peft_model(model)
+    has_adapter = peft and not merge_lora
+    if has_adapter and adapter_dir is None:
+        raise ValueError("saving an unmerged LoRA adapter needs adapter_dir")
+    base = model.get_base_model() if peft else model
+    if state_dict is not None:
+        state = state_dict
+    elif peft:
+        state = plain_state_dict(base, merge_lora=merge_lora)
     else:
-        model.save_pretrained(str(directory))
+        state = base.state_dict()
+    if dtype is not None:
+        state = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in state.items()}
+        base.config.dtype = str(dtype).replace("torch.", "")
+    base.save_pretrained(directory, state_dict=state, safe_serialization=True)
+    if has_adapter:
+        model.save_pretrained(adapter_dir, safe_serialization=True)
     processor.save_pretrained(directory)
     for stale in directory.glob("*.bin"):  # never leave a pickle beside the safetensors
         stale.unlink()
+    return has_adapter
 
 
 def load_policy_model(directory, *, dtype="fp32", device=None, attn_implementation: str | None = None):

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyvla.core.masking import IGNORE_INDEX
 from tinyvla.errors import UserError
 
 PROCESSOR_FILE = "tinyvla_processor.json"
-IGNORE_INDEX = -100
 
 
 def render_chat_text(system: str, num_images: int, instruction: str, action_text: str | None = None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinyvla.errors import UserError
+from tinyvla.hub import is_hub_id
 
 HUB_MODELS = {
     "qwen3-2b": "Qwen/Qwen3-VL-2B-Instruct",
@@ -94,7 +95,7 @@ def resolve_model_name(name: str) -> ModelRef:
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelRef("local", name, str(path.resolve()), None)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if not is_hub_id(name):
         known = ", ".join(list(HUB_MODELS) + list(TINY_MODELS) + [ARCH_PREFIX + "qwen3-2b"])
         raise UserError(f"model {name!r} is not a known name ({known}), an existing directory, or a hub id (org/name)")
     return ModelRef("hub", name, name, None)

@@ -19,7 +19,8 @@ from tinyvla.core.prompt import PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
 from tinyvla.inputs import encode_training_example
-from tinyvla.recipe import BLOCKFIND_SUITES, Recipe
+from tinyvla.envs.suites import BLOCKFIND_SUITES
+from tinyvla.recipe import Recipe
 
 
 @dataclass

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from tinyvla.core.atomic import write_json_atomic
-from tinyvla.core.codec import ActionCodec
+from tinyvla.core.masking import IGNORE_INDEX
 from tinyvla.core.prompt import PromptSpec
-from tinyvla.data.transforms import ImageSpec
+from tinyvla.envs.suites import BLOCKFIND_SUITES
 from tinyvla.errors import UserError
-from tinyvla.inputs import IGNORE
-from tinyvla.recipe import BLOCKFIND_SUITES, Recipe, save_recipe
+from tinyvla.recipe import Recipe, save_recipe
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
 
 CHECKPOINT_PREFIX = "step-"
@@ -64,22 +63,14 @@ def answer_loss(model, batch: dict) -> torch.Tensor:
     """
     labels = batch["labels"]
     targets = labels[:, 1:]  # position t predicts token t + 1
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     mask = batch["attention_mask"]
     right_padded = bool((mask[:, :-1] >= mask[:, 1:]).all())
     drop = ("labels", "attention_mask") if right_padded else ("labels",)
     inputs = {k: v for k, v in batch.items() if k not in drop}
     logits = model(**inputs, logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
-                                             ignore_index=IGNORE)
-
-
-def specs_from_recipe(recipe: Recipe) -> tuple[PromptSpec, ImageSpec]:
-    a, d = recipe.actions, recipe.data
-    return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_position=d.instruction_position, num_views=len(d.cameras) if d.cameras else 2),
-            ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
-                      tile_views=d.tile_views, cameras=tuple(d.cameras) if d.cameras else None))
+                                             ignore_index=IGNORE_INDEX)
 
 
 def build_model(recipe: Recipe, training: bool = True):
@@ -91,7 +82,7 @@ def build_model(recipe: Recipe, training: bool = True):
                                   trust_remote_code=m.trust_remote_code, tiny_overrides=m.tiny or None,
                                   tokenizer=m.tokenizer)
     if m.init_from:
-        from tinyvla.modeling.loading import load_weights_from_policy
+        from tinyvla.policy_dir import load_weights_from_policy
 
         load_weights_from_policy(model, m.init_from, tokenizer=processor.tokenizer)
     if m.freeze_vision:
@@ -166,7 +157,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     from tinyvla.evaluation.offline import offline_action_error
     from tinyvla.inputs import mask_token_id as find_mask_token_id
     from tinyvla.policy import Policy
-    from tinyvla.policy_dir import save_policy_dir
+    from tinyvla.policy_dir import PolicyConfig, save_policy_dir
     from tinyvla.training.logging import TrainLogger
 
     cfg = recipe.train
@@ -189,13 +180,12 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
 
     # Data -> model -------------------------------------------------------------------------------------------------
     if recipe.model.init_from:  # before generating any data: a missing earlier stage is the user's first error
-        from tinyvla.modeling.loading import find_init_policy
+        from tinyvla.policy_dir import find_init_policy
 
         find_init_policy(recipe.model.init_from)
     data = load_training_data(recipe, log)
-    prompt, image_spec = specs_from_recipe(recipe)
-    codec = ActionCodec(data.stats, horizon=prompt.horizon, bins=prompt.bins,
-                        per_task_bounds=recipe.actions.per_task_bounds, gripper_dim=recipe.actions.gripper_dim)
+    policy_config = PolicyConfig.from_recipe(recipe, data.stats, dataset_info=getattr(data.reader, "info", {}) or {})
+    prompt, image_spec, codec = policy_config.prompt, policy_config.image, policy_config.codec()
     model, processor = build_model(recipe)
     mask_id = find_mask_token_id(processor, recipe.actions.mask_char) if recipe.actions.mask_prob > 0 else None
     dataset = ActionSampleDataset(data.reader, codec, processor, prompt, image_spec, train=True, seed=cfg.seed,
@@ -214,8 +204,7 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         persistent_workers=False,
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_steps = cfg.total_steps(sampler.per_rank())
 
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
@@ -247,10 +236,8 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     def make_policy() -> Policy:
         # Built once: the grammar's token table takes a moment for a real 151k vocabulary.
         if not policy_cache:
-            policy = Policy(accelerator.unwrap_model(model), processor, codec, prompt, image_spec,
-                            ensemble=_ensemble_cfg(recipe), meta=_policy_meta(recipe, data))
-            policy.speculative = recipe.eval.speculative  # same actions, fewer forward passes: a faster probe
-            policy_cache.append(policy)
+            # Decodes speculatively when eval.speculative says so: same actions, fewer forward passes, faster probe.
+            policy_cache.append(Policy(policy_config, accelerator.unwrap_model(model), processor))
         return policy_cache[0]
 
     def evaluate_heldout():
@@ -363,19 +350,6 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
         logger.finish(step, last_loss, seconds)
     accelerator.wait_for_everyone()
     return TrainResult(out_dir, policy_dir, step, last_loss, seconds)
-
-
-def _ensemble_cfg(recipe: Recipe) -> dict:
-    e = recipe.eval
-    return {"weighting": e.ensemble, "max_chunks": e.ensemble_size, "exp_w": e.exp_w,
-            "execute_horizon": e.execute_horizon}
-
-
-def _policy_meta(recipe: Recipe, data) -> dict:
-    info = getattr(data.reader, "info", {}) or {}
-    return {"dataset": {"repo": recipe.data.repo, "suite": recipe.data.suite,
-                        "revision": info.get("revision"), "codebase_version": info.get("codebase_version")},
-            "base_model": recipe.model.name}
 
 
 def _gpu_memory() -> dict:
