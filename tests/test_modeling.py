@@ -102,6 +102,17 @@ def test_model_names_resolve_and_errors():
         load_model("arch:qwen3-2b", tokenizer="tiny", device="meta")
 
 
+def test_dtype_names_have_one_definition():
+    from tinyvla.modeling.loading import DTYPES
+
+    # The torch-free names (what recipes and --dtype check against) and the torch table built from them.
+    assert registry.DTYPE_CHOICES == ("fp32", "bf16", "fp16")
+    assert [DTYPES[n] for n in registry.DTYPE_CHOICES] == [torch.float32, torch.bfloat16, torch.float16]
+    assert DTYPES["bfloat16"] is torch.bfloat16 and DTYPES["float16"] is torch.float16  # HF configs' spelling
+    with pytest.raises(UserError, match="one of fp32, bf16, fp16; got 'int8'"):
+        load_model("tiny-qwen3", dtype="int8")
+
+
 def test_hub_model_offline_names_the_local_dir_alternative(monkeypatch):
     import huggingface_hub.constants
 

@@ -15,7 +15,6 @@ placeholders, and both are plain `PreTrainedTokenizerFast` objects that save and
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -128,37 +127,13 @@ def _qwen_tiktoken_path() -> Path:
 
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
-    """A .tiktoken file is one `base64(token_bytes) rank` pair per line."""
-    ranks = {}
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-    return ranks
+    """token bytes -> rank, by tiktoken's own loader (which transformers' TikTokenConverter calls too).
 
+    tiktoken keeps a copy keyed by the file's path in $TIKTOKEN_CACHE_DIR (default <tmp>/data-gym-cache); Qwen's
+    vocabulary is fixed (the rank check in `build_qwen_tokenizer` would catch a stale copy of another size)."""
+    from tiktoken.load import load_tiktoken_bpe
 
-def _ranks_to_vocab_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """tiktoken ranks -> Hugging Face BPE vocab + merges.
-
-    tiktoken repeatedly joins the adjacent pair whose concatenation has the lowest rank. HF BPE joins the adjacent pair
-    that comes first in the merge list. So every split (left, right) of a token where both halves are tokens becomes a
-    merge, ordered by the rank of the joined token: then both algorithms pick the same pair at every step.
-    """
-    b2u = _byte_to_unicode()
-
-    def to_str(b: bytes) -> str:
-        return "".join(b2u[x] for x in b)
-
-    vocab = {to_str(token): rank for token, rank in ranks.items()}
-    merges = []
-    for token, rank in ranks.items():
-        for i in range(1, len(token)):
-            left, right = token[:i], token[i:]
-            if left in ranks and right in ranks:
-                merges.append((rank, ranks[left], ranks[right], left, right))
-    merges.sort()
-    return vocab, [(to_str(left), to_str(right)) for _, _, _, left, right in merges]
+    return load_tiktoken_bpe(str(path))
 
 
 def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]]):
@@ -200,11 +175,20 @@ def _assemble(vocab: dict[str, int], merges: list[tuple[str, str]]):
 
 
 def build_qwen_tokenizer():
-    """Build the real Qwen tokenizer from qwen.tiktoken (~2-5 s). Most callers want the cached `qwen_tokenizer()`."""
-    ranks = _read_tiktoken_ranks(_qwen_tiktoken_path())
-    if sorted(ranks.values()) != list(range(QWEN_SPECIAL_START)):
-        raise RuntimeError(f"qwen.tiktoken: expected ranks 0..{QWEN_SPECIAL_START - 1}, got {len(ranks)} ranks")
-    vocab, merges = _ranks_to_vocab_merges(ranks)
+    """Build the real Qwen tokenizer from qwen.tiktoken (~5-15 s). Most callers want the cached `qwen_tokenizer()`.
+
+    transformers' `TikTokenConverter` turns tiktoken ranks into a HF vocab + merges: every split of a token into two
+    tokens becomes a merge, ordered by the rank of the joined token, so HF BPE picks the pair tiktoken picks. Only its
+    vocab/merges step is used; `_assemble` adds the Qwen normalizer, added tokens and template, shared with the tiny
+    tokenizer. (Its full `converted()` also sets `ignore_merges` and a ByteLevel post-processor: no id changes, since
+    every Qwen token is reachable by merges, but a different tokenizer.json.)
+    """
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = str(_qwen_tiktoken_path())
+    vocab, merges = TikTokenConverter(vocab_file=path, pattern=QWEN_PATTERN).extract_vocab_merges_from_model(path)
+    if sorted(vocab.values()) != list(range(QWEN_SPECIAL_START)):
+        raise RuntimeError(f"qwen.tiktoken: expected ranks 0..{QWEN_SPECIAL_START - 1}, got {len(vocab)} ranks")
     return _assemble(vocab, merges)
 
 

@@ -17,8 +17,8 @@ from tinyvla.modeling import registry
 from tinyvla.modeling.attention import pack_vision_attention
 from tinyvla.modeling.processor import VLAProcessor, processor_for_config
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+# registry.DTYPE_CHOICES -> torch.dtype; torch's own names ("bfloat16", as HF configs write them) are accepted too.
+DTYPES = {name: getattr(torch, long) for short, long in registry.TORCH_DTYPE_NAMES.items() for name in (short, long)}
 
 # LoRA goes on the language model's attention and MLP projections only. A plain name list ("q_proj", "gate_proj", ...)
 # would also match Qwen2.5-VL's vision MLP (model.visual.blocks.N.mlp.gate_proj); the `language_model` anchor prevents
@@ -33,7 +33,7 @@ def _dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of fp32, bf16, fp16; got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(registry.DTYPE_CHOICES)}; got {dtype!r}")
     return DTYPES[dtype]
 
 

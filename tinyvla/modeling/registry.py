@@ -31,6 +31,12 @@ HUB_MODELS = {
 }
 TINY_MODELS = {"tiny-qwen3": "qwen3_vl", "tiny-qwen2.5": "qwen2_5_vl"}
 ARCH_PREFIX = "arch:"
+
+# Weight dtypes: the name recipes (model.dtype) and `--dtype` use -> torch's name for it. Defined here, without torch,
+# so that recipe.py and export.py can check a name that modeling/loading.py's DTYPES then turns into a torch.dtype.
+TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_CHOICES = tuple(TORCH_DTYPE_NAMES)  # ("fp32", "bf16", "fp16")
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # The published image-processor settings of each family (preprocessor_config.json): normalization and the pixel
