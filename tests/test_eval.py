@@ -317,6 +317,10 @@ def test_tiny_policy_closed_loop(tiny_policy_dir, tmp_path):
     assert res["episodes"] == 2 and res["complete"]
     assert res["run"]["policy_calls"] <= 5  # both envs in one batched call per step
     assert res["protocol"]["ensemble"]["weighting"] == "uniform"
+    # how the policy decoded and trained: plain constrained greedy, speculative by default; the colour jitter
+    assert res["protocol"]["decoding"] == {"method": "constrained_greedy", "repetition_penalty": 1.0,
+                                           "speculative": True}
+    assert res["protocol"]["training_color_jitter"] in ("shared", "per_view", "off")
     ident = res["checkpoint"]
     assert ident == checkpoint_identity(tiny_policy_dir) and len(ident["sha256"]) == 64
     assert ident["files"] == ["model/model.safetensors", "policy.json"]

@@ -11,8 +11,10 @@ def test_protocol_defaults_resolve_per_suite():
     d = L.LiberoProtocol().to_dict()
     assert d == {
         "seed": 7, "max_steps": None, "wait_steps": 10, "resolution": 256, "rotate_180": True,
-        "snap_gripper": True, "init_state_indices": None,
+        "snap_gripper": True, "init_state_indices": None, "seeding": "per_task",
     }
+    with pytest.raises(UserError, match="seeding must be one of per_task, per_episode"):
+        L.LiberoProtocol(seeding="per_run").resolved("libero_goal")
     assert L.LiberoProtocol().resolved("libero_object").max_steps == 280
     assert L.LiberoProtocol().resolved("libero_10").max_steps == 520
     assert L.LiberoProtocol(max_steps=3).resolved("libero_10").max_steps == 3

@@ -181,3 +181,27 @@ def test_policy_drafts_from_previous_chunk():
     policy.reset_env(1)
     assert np.array_equal(policy.draft_for(1, 0), policy._start_codes)  # a new episode starts from a start chunk
     assert policy.decode_stats["calls"] == 1 and policy.decode_stats["chunks"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------ decoding settings
+def test_repetition_penalty_speculative_equals_greedy_and_generation_config_is_ignored(policy):
+    """Decoding follows the policy's DecodingConfig only: a repetition penalty in the model's generation_config
+    changes nothing; the policy's own penalty changes the text, and the speculative path writes that same text."""
+    rng = np.random.default_rng(3)
+    ims, wrs, ins = observations(rng, 4)
+    plain = policy.generate_text(ims, wrs, ins)
+    saved = policy.model.generation_config.repetition_penalty
+    try:
+        policy.model.generation_config.repetition_penalty = 3.0  # what a checkpoint's generation_config may hold
+        assert policy.generate_text(ims, wrs, ins) == plain
+    finally:
+        policy.model.generation_config.repetition_penalty = saved
+    with policy.decoding(repetition_penalty=3.0):
+        penalized = policy.generate_text(ims, wrs, ins)
+        assert penalized != plain  # the setting is applied, not ignored
+        codes = [policy.codec.parse(t) for t in penalized]
+        # left padding differs per row (instructions of different lengths): the penalty skips it, as generate does
+        drafts = [codes[0], shift_chunk(codes[1], 1), rng.integers(0, B + 1, (H, D)), None]
+        assert policy.generate_text(ims, wrs, ins, draft=drafts) == penalized
+        assert policy.config.decoding.record() == {"method": "constrained_greedy", "repetition_penalty": 3.0,
+                                                   "speculative": policy.speculative}

@@ -34,7 +34,8 @@ def evaluate(ckpt: str, suite: str | None = None, episodes_per_task: int = 50, t
              ensemble_size: int | None = None, execute_horizon: int | None = None, wait_steps: int | None = None,
              resolution: int | None = None, rotate: bool = True, snap_gripper: bool = True, device: str | None = None,
              num_threads: int | None = None, offline: bool = False, repo: str | None = None,
-             offline_frames: int = 256, speculative: bool | None = None, console=None) -> dict:
+             offline_frames: int = 256, speculative: bool | None = None, seeding: str = "per_task",
+             console=None) -> dict:
     """Closed-loop success in BlockFind or LIBERO, with a per-task table, results.json, resumable episodes.jsonl.
     The arguments are `tinyvla eval`'s options (see `tinyvla eval --help`); returns what results.json holds."""
     if console is None:
@@ -66,7 +67,7 @@ def evaluate(ckpt: str, suite: str | None = None, episodes_per_task: int = 50, t
         raise UserError("LIBERO has no scripted expert; evaluate a policy directory or the random baseline")
     # The cheap checks first: a bad task list should not wait for a model to load.
     setup = suites.setup_suite(suite, seed=seed, max_steps=max_steps, wait_steps=wait_steps, resolution=resolution,
-                               rotate_180=rotate, snap_gripper=snap_gripper)
+                               rotate_180=rotate, snap_gripper=snap_gripper, seeding=seeding)
     task_ids = E.parse_tasks(tasks, len(setup.tasks))
     episodes = E.episode_list(setup, task_ids, episodes_per_task)
 
@@ -100,6 +101,8 @@ def evaluate(ckpt: str, suite: str | None = None, episodes_per_task: int = 50, t
         "num_envs": n_envs,
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "ensemble": ens,
+        # the policy's side: how it decoded, the colour jitter it trained with, its prompt's vision ids
+        **({} if ckpt in BASELINES else policy.config.protocol_record()),
     }
     results = {
         "suite": suite,
@@ -182,8 +185,17 @@ def load_policy(ckpt: str, device: str | None = None, ensemble: str | None = Non
         recipe_eval = (config.meta.get("recipe") or {}).get("eval") or {}
         speculative = recipe_eval.get("speculative", EvalConfig.speculative)
     config = config.replace(ensemble=_ensemble_overrides(config, ensemble, ensemble_size, execute_horizon),
-                            decoding={"speculative": speculative})
+                            decoding={"speculative": speculative,
+                                      "repetition_penalty": recipe_repetition_penalty(config.meta)})
     return Policy(config, model, processor, source=source), checkpoint_identity(source)
+
+
+def recipe_repetition_penalty(meta: dict) -> float:
+    """The repetition penalty a policy's recipe asks eval for (eval.repetition_penalty), else none (1.0)."""
+    from tinyvla.recipe import EvalConfig
+
+    recipe_eval = (meta.get("recipe") or {}).get("eval") or {}
+    return float(recipe_eval.get("repetition_penalty", EvalConfig.repetition_penalty))
 
 
 def _ensemble_overrides(config, weighting, size, execute_horizon) -> dict:

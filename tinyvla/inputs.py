@@ -19,7 +19,7 @@ def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, views: l
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
     """One observation (its camera views, in order) -> {input_ids (list), pixel_values, image_grid_thw}."""
     images = model_images(views, image_spec, rng)
-    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position)
+    return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position, prompt.vision_id)
 
 
 def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec, sample: dict, action_text: str,

@@ -131,8 +131,10 @@ class Policy:
             else:
                 from tinyvla.modeling.constrained import constrained_generate_kwargs
 
-                # Greedy whatever the checkpoint's generation_config says (real Qwen checkpoints default to sampling).
-                out = self.model.generate(**batch, do_sample=False, **self.config.decoding.generate_kwargs,
+                # Greedy whatever the checkpoint's generation_config says (real Qwen checkpoints default to sampling
+                # with a repetition penalty): every decoding setting is passed explicitly.
+                out = self.model.generate(**batch, **self.config.decoding.greedy_kwargs(),
+                                          **self.config.decoding.generate_kwargs,
                                           **constrained_generate_kwargs(self.constraint,
                                                                         pad_token_id=self.processor.pad_token_id))
                 tokens = out[:, prompt_len:].tolist()

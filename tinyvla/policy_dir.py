@@ -59,10 +59,27 @@ class DecodingConfig:
     # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
     # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
     generate_kwargs: dict = dataclasses.field(default_factory=dict)
+    # Plain constrained greedy unless this says otherwise (eval: the recipe's eval.repetition_penalty). A checkpoint's
+    # generation_config never decides: Qwen-VL Instruct ships repetition_penalty 1.05, which `generate` would apply
+    # even to greedy decoding. Both paths apply this one value, so they still write the same text.
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if not self.repetition_penalty > 0:
+            raise UserError(f"repetition_penalty must be > 0 (1.0 = none), got {self.repetition_penalty}")
 
     def speculative_options(self) -> dict:
         return {"redraft": self.redraft, "reuse_cache": self.reuse_cache, "adaptive": self.adaptive,
-                "max_draft_tokens": self.max_draft_tokens}
+                "max_draft_tokens": self.max_draft_tokens, "repetition_penalty": float(self.repetition_penalty)}
+
+    def greedy_kwargs(self) -> dict:
+        """What `generate` gets on the plain path: every setting explicit, so generation_config.json decides none."""
+        return {"do_sample": False, "repetition_penalty": float(self.repetition_penalty), "no_repeat_ngram_size": 0}
+
+    def record(self) -> dict:
+        """What results.json records about decoding."""
+        return {"method": "constrained_greedy", "repetition_penalty": float(self.repetition_penalty),
+                "speculative": bool(self.speculative)}
 
 
 @dataclasses.dataclass
@@ -108,7 +125,8 @@ class PolicyConfig:
                                   execute_horizon=e.execute_horizon)
         return cls(prompt, image, stats, per_task_bounds=recipe.actions.per_task_bounds,
                    gripper_dim=recipe.actions.gripper_dim, ensemble=ensemble,
-                   decoding=DecodingConfig(speculative=e.speculative), meta=meta)
+                   decoding=DecodingConfig(speculative=e.speculative, repetition_penalty=e.repetition_penalty),
+                   meta=meta)
 
     # -- policy.json ------------------------------------------------------------------------------------------------
     @classmethod
@@ -130,11 +148,14 @@ class PolicyConfig:
         cameras = cfg["image"].get("cameras")  # absent: LIBERO's two views, read as image / wrist_image
         prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
                             tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
-                            num_views=len(cameras) if cameras else 2)
+                            num_views=len(cameras) if cameras else 2, vision_id=bool(cfg.get("vision_id", False)))
         if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
             raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
-        image = ImageSpec(**{k: cfg["image"][k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views")
-                             if k in cfg["image"]}, cameras=tuple(cameras) if cameras else None)
+        image_cfg = dict(cfg["image"])
+        image_cfg.setdefault("jitter_per_view", True)  # written before the option existed: each view drew its own
+        image = ImageSpec(**{k: image_cfg[k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views",
+                                                       "jitter_per_view") if k in image_cfg},
+                          cameras=tuple(cameras) if cameras else None)
         known = {f.name for f in dataclasses.fields(EnsembleConfig)}
         ensemble = EnsembleConfig(**{k: v for k, v in (cfg.get("ensemble") or {}).items() if k in known})
         return cls(prompt, image, stats, per_task_bounds=cfg.get("per_task_bounds", False),
@@ -151,6 +172,7 @@ class PolicyConfig:
             "bins": self.prompt.bins,
             "system_prompt": self.prompt.system,
             "instruction_position": self.prompt.instruction_position,
+            "vision_id": self.prompt.vision_id,
             "image": self.image.to_dict(),
             "action_stats": self.stats.to_dict(),
             "per_task_bounds": codec.per_task_bounds,
@@ -160,13 +182,23 @@ class PolicyConfig:
         }
 
 
+    def protocol_record(self) -> dict:
+        """What results.json records about the policy's side of an evaluation: how it decoded, the colour jitter
+        it was trained with, whether its prompt labels images ("Picture N: ")."""
+        jitter = "off" if not self.image.color_jitter else ("per_view" if self.image.jitter_per_view else "shared")
+        return {"decoding": self.decoding.record(), "training_color_jitter": jitter,
+                "vision_id": self.prompt.vision_id}
+
+
 def specs_from_recipe(recipe) -> tuple[PromptSpec, ImageSpec]:
     """The prompt and image layout a recipe trains with."""
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_position=d.instruction_position, num_views=len(d.cameras) if d.cameras else 2),
+                       instruction_position=d.instruction_position, vision_id=d.vision_id,
+                       num_views=len(d.cameras) if d.cameras else 2),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
-                      tile_views=d.tile_views, cameras=tuple(d.cameras) if d.cameras else None))
+                      tile_views=d.tile_views, jitter_per_view=d.jitter_per_view,
+                      cameras=tuple(d.cameras) if d.cameras else None))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -68,10 +68,12 @@ class DataConfig:
     image_size: int = 224  # side of each view fed to the model, after the crop
     crop_scale: float = 0.875  # random crop (train) / centre crop (eval) of this fraction of the side, 256 -> 224
     color_jitter: bool = True  # brightness/contrast/saturation 0.2, hue 0.05 in training, as VLA-0
+    jitter_per_view: bool = False  # False: one jitter draw for both views (VLA-0's one ColorJitter call); True: one each
     tile_views: bool = True  # one 2-wide image (VLA-0) vs two images; tiling is slightly better and fewer tokens
     # after_images (VLA-0) | before_images (image tokens can read it) | end (the answer starts at its last word:
     # what lets a model trained from scratch use the words at all; core/prompt.py)
     instruction_position: str = "after_images"
+    vision_id: bool = False  # "Picture N: " before each image (Qwen2.5-VL add_vision_id; the released VLA-0 checkpoint)
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
 
@@ -152,6 +154,8 @@ class EvalConfig:
     execute_horizon: int = EnsembleConfig.execute_horizon  # steps between queries; 1 = re-query every step (VLA-0)
     video: int = 0  # episodes per task saved as MP4
     speculative: bool = True  # chunk-shift speculative decoding (identical output, fewer forward passes)
+    seeding: str = "per_task"  # LIBERO: per_task (seed once, init states in order: VLA-0/openpi) | per_episode
+    repetition_penalty: float = 1.0  # 1.0 = plain constrained greedy (the model's generation_config is ignored)
 
 
 @dataclass
@@ -177,6 +181,7 @@ class Recipe:
             "eval.ensemble": (self.eval.ensemble, WEIGHTINGS),
             "data.instruction_position": (self.data.instruction_position, INSTRUCTION_POSITIONS),
             "data.generate_path": (self.data.generate_path, EXPERT_PATHS),
+            "eval.seeding": (self.eval.seeding, ("per_task", "per_episode")),
         }
         if self.data.suite is not None:
             choices["data.suite"] = (self.data.suite, DATA_SUITES)
@@ -213,6 +218,8 @@ class Recipe:
                 raise UserError(f"data.cameras must name 1-3 different camera features, got {cams}")
             if self.data.image_key or self.data.wrist_key:
                 raise UserError("data.cameras replaces data.image_key / data.wrist_key: set one or the other")
+        if self.eval.repetition_penalty <= 0:
+            raise UserError(f"eval.repetition_penalty must be > 0 (1.0 = none), got {self.eval.repetition_penalty}")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
         if not 2 <= self.data.generate_blocks <= 4:

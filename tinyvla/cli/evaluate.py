@@ -41,6 +41,7 @@ def evaluate(
     offline: Annotated[bool, typer.Option("--offline", help="Action error on held-out dataset episodes instead of rollouts.")] = False,
     repo: Annotated[Optional[str], typer.Option(help="--offline: the dataset (LeRobot dir or raw LIBERO HDF5 folder).")] = None,
     offline_frames: Annotated[int, typer.Option(help="--offline: frames to score (sampled from the held-out episodes).")] = 256,
+    seeding: Annotated[str, typer.Option(help="LIBERO: per_task (seed once per task, init states in order: the official VLA-0 / openpi protocol) or per_episode (re-seed before every episode).")] = "per_task",
     speculative: Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding: the same actions with far fewer forward passes (default: the recipe's eval.speculative).")] = None,
 ):
     """Closed-loop success in BlockFind or LIBERO, with a per-task table, results.json, resumable episodes.jsonl."""
@@ -50,4 +51,4 @@ def evaluate(
                num_envs=num_envs, shard=shard, video=video, out=out, seed=seed, ensemble=ensemble,
                ensemble_size=ensemble_size, execute_horizon=execute_horizon, wait_steps=wait_steps,
                resolution=resolution, rotate=rotate, snap_gripper=snap_gripper, device=device, num_threads=num_threads,
-               offline=offline, repo=repo, offline_frames=offline_frames, speculative=speculative)
+               offline=offline, repo=repo, offline_frames=offline_frames, speculative=speculative, seeding=seeding)

@@ -121,9 +121,10 @@ def inspect_tokens(
     report = {
         "model": ref.name, "tokenizer": type(tok).__name__, "vocab_size": len(tok),
         "horizon": prompt.horizon, "dim": prompt.dim, "bins": prompt.bins, "tile_views": prompt.tile_views,
-        "instruction_position": prompt.instruction_position,
+        "instruction_position": prompt.instruction_position, "vision_id": prompt.vision_id,
         "image_size": side, "system_prompt": prompt.system, "instruction": instruction,
         "prompt_text": processor.render_prompt_text(prompt_ids),
+        "prompt_ids": [int(i) for i in prompt_ids],  # to compare with another tool's rendering, token by token
         "action_text": action_text,
         "action_tokens": [{"id": int(i), "piece": p} for i, p in zip(action_ids, pieces)],
         "action_token_count": len(action_ids), "action_char_count": len(action_text),

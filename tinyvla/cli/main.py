@@ -37,12 +37,13 @@ def _root(
 
 
 def _register():
-    from tinyvla.cli import bench, data, doctor, evaluate, export, inspect_tokens, train
+    from tinyvla.cli import bench, data, doctor, evaluate, export, import_, inspect_tokens, train
 
     app.add_typer(data.app, name="data", help="Datasets: stats and BlockFind generation. [dim]e.g. tinyvla data stats --repo physical-intelligence/libero[/dim]")
     app.command("train", help="Train a policy from a YAML recipe. [dim]e.g. tinyvla train recipes/tiny-cpu.yaml[/dim]")(train.train)
     app.command("eval", help="Closed-loop success in BlockFind or LIBERO. [dim]e.g. tinyvla eval runs/tiny-cpu/final --suite blockfind-reach[/dim]")(evaluate.evaluate)
     app.command("export", help="Write a self-contained policy directory. [dim]e.g. tinyvla export runs/tiny-cpu/final --out policies/tiny[/dim]")(export.export)
+    app.add_typer(import_.app, name="import", help="Convert a checkpoint trained elsewhere. [dim]e.g. tinyvla import vla0 runs/vla0 --out policies/vla0[/dim]")
     app.command("inspect-tokens", help="Show exactly what the model reads and writes. [dim]e.g. tinyvla inspect-tokens --tokenizer qwen[/dim]")(inspect_tokens.inspect_tokens)
     app.command("bench", help="Training and inference speed, side by side. [dim]e.g. tinyvla bench recipes/tiny-cpu.yaml --compare spec,greedy[/dim]")(bench.bench)
     app.command("doctor", help="Check torch, GPU, attention kernels, simulator; estimate training time. [dim]e.g. tinyvla doctor recipes/tiny-cpu.yaml[/dim]")(doctor.doctor)

@@ -46,6 +46,9 @@ class PromptSpec:
     tile_views: bool = True  # one side-by-side image (VLA-0 default) or one image per view
     instruction_position: str = "after_images"  # one of INSTRUCTION_POSITIONS
     num_views: int = 2  # camera views per observation (1-3)
+    # "Picture N: " before each image, as Qwen2.5-VL's chat template writes it with add_vision_id=True (the official
+    # VLA-0 checkpoint was trained so: 5 more prompt tokens per image). Off = tinyvla's default.
+    vision_id: bool = False
 
     def __post_init__(self):
         if self.instruction_position not in INSTRUCTION_POSITIONS:
@@ -75,8 +78,16 @@ def view_images(*views: np.ndarray, tile: bool) -> list[np.ndarray]:
     return [tile_views(*views)] if tile and len(views) > 1 else list(views)
 
 
+def vision_label(index: int) -> str:
+    """The label Qwen2.5-VL's chat template puts before image `index` (1-based) when add_vision_id is set."""
+    return f"Picture {index}: "
+
+
 def build_messages(instruction: str, num_images: int, spec: PromptSpec, action_text: str | None = None) -> list[dict]:
     """Chat messages in the Hugging Face multimodal format; images are placeholders filled by the processor.
+
+    The "Picture N: " labels of `spec.vision_id` are not in the messages: the chat template adds them
+    (`apply_chat_template(..., add_vision_id=True)`), as the processor's `render_chat_text` does.
 
     With `instruction_position="end"` the last message is an assistant turn that starts with the instruction (render it
     with `continue_final_message=True` when there is no action text yet).

@@ -34,6 +34,7 @@ from tinyvla.errors import UserError
 
 # Policy steps per episode (after the no-op wait), per suite: openpi's and VLA-0's budgets.
 LIBERO_SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+SEEDINGS = ("per_task", "per_episode")
 NOOP_ACTION = np.array([0.0] * 6 + [-1.0])  # no motion, gripper open
 INSTALL_HINT = "run `bash scripts/install-sim.sh` (PYTHON=/path/to/python to pick the environment)"
 
@@ -47,6 +48,9 @@ class LiberoProtocol:
     rotate_180: bool = True  # turn the raw (upside-down) renders into dataset orientation
     snap_gripper: bool = True  # gripper action -> -1 (open) or +1 (closed)
     init_state_indices: list[int] | None = None  # stored init states to use; None -> all of them (50 per task)
+    # per_task: the simulator is seeded once per task and init state i starts after the resets of init states
+    # 0..i-1, as the official VLA-0 eval (and openpi's) runs them; per_episode: re-seeded before every episode.
+    seeding: str = "per_task"
 
     def resolved(self, suite: str) -> "LiberoProtocol":
         """A copy with the per-suite defaults filled in, validated."""
@@ -57,6 +61,8 @@ class LiberoProtocol:
                 f"bad LIBERO protocol: max_steps={p.max_steps}, wait_steps={p.wait_steps}, resolution={p.resolution} "
                 "(need max_steps >= 1, wait_steps >= 0, resolution >= 8)"
             )
+        if p.seeding not in SEEDINGS:
+            raise UserError(f"seeding must be one of {', '.join(SEEDINGS)}, got {p.seeding!r}")
         if p.init_state_indices is not None:
             p.init_state_indices = [int(i) for i in p.init_state_indices]
             if not p.init_state_indices:
@@ -285,8 +291,9 @@ class LiberoEnv:
             horizon=p.wait_steps + p.max_steps,
         )
         # LIBERO's seed() seeds numpy's global RNG, which object placement in reset() draws from (the stored init
-        # state then overrides most of it); seeded once at creation, like openpi.
+        # state then overrides most of it); seeded once at creation, like openpi and VLA-0.
         self._env.seed(p.seed)
+        self._resets_since_seed = 0  # per_task seeding: where this env's RNG stands in the official order
         self._episode = 0  # episodes started: picks the next init state when reset() is given none
         self._steps = 0  # policy steps in this episode
         self._over = True  # no episode running until reset()
@@ -303,9 +310,14 @@ class LiberoEnv:
                 raise UserError(f"init_state_index {index} out of range: this task has init states 0..{n - 1}")
         else:  # cycle through the protocol's init states, one per episode
             index = self.init_state_indices[self._episode % len(self.init_state_indices)]
+        replayed = 0
         if seed is not None:
             self._env.seed(seed)
+            self._resets_since_seed = 0
+        elif self.protocol.seeding == "per_task" and self._resets_since_seed != index:
+            replayed = self._replay_to(index)
         self._env.reset()  # rebuilds the scene (hard reset): ~2.5 s on CPU
+        self._resets_since_seed += 1
         raw = self._env.set_init_state(self._init_states[index])
         success = False
         for _ in range(self.protocol.wait_steps):  # let objects settle before the policy acts
@@ -315,8 +327,20 @@ class LiberoEnv:
         self._episode += 1
         self._steps = 0
         self._over = False
-        info = {"success": success, "init_state_index": index, "suite": self.suite, "task_id": self.task_id}
+        info = {"success": success, "init_state_index": index, "suite": self.suite, "task_id": self.task_id,
+                "resets_replayed": replayed}
         return _convert_obs(raw, self.protocol.rotate_180), info
+
+    def _replay_to(self, index: int) -> int:
+        """Bring the simulator's RNG to where the official run has it before init state `index`: seeded once, then
+        one reset per earlier init state. Only resets draw from it (stepping does not), so an episode is the same
+        whichever worker, shard or resumed run plays it; a worker playing a task's init states in order replays
+        nothing. Returns the resets replayed (each a hard reset, ~2.5 s on a CPU)."""
+        self._env.seed(self.protocol.seed)
+        for _ in range(index):
+            self._env.reset()
+        self._resets_since_seed = index
+        return index
 
     def step(self, action) -> tuple[dict, float, bool, bool, dict]:
         if self._over:

@@ -72,9 +72,13 @@ class SuiteSetup:
 
 
 def setup_suite(suite: str, seed: int | None = None, max_steps: int | None = None, wait_steps: int | None = None,
-                resolution: int | None = None, rotate_180: bool = True, snap_gripper: bool = True) -> SuiteSetup:
-    """Resolve a suite name and the protocol overrides into tasks + a recorded protocol + an env factory."""
+                resolution: int | None = None, rotate_180: bool = True, snap_gripper: bool = True,
+                seeding: str = "per_task") -> SuiteSetup:
+    """Resolve a suite name and the protocol overrides into tasks + a recorded protocol + an env factory.
+    `seeding` (LIBERO): per_task = the official VLA-0 / openpi order, per_episode = re-seed before every episode."""
     check_suite(suite)
+    if seeding not in libero.SEEDINGS:
+        raise UserError(f"--seeding {seeding!r}: choose per_task (the official protocol) or per_episode")
     seed = DEFAULT_SEED if seed is None else int(seed)
     if not is_libero(suite):
         if wait_steps:
@@ -98,7 +102,7 @@ def setup_suite(suite: str, seed: int | None = None, max_steps: int | None = Non
     p = libero.LiberoProtocol(seed=seed, max_steps=max_steps,
                               wait_steps=libero.LiberoProtocol.wait_steps if wait_steps is None else int(wait_steps),
                               resolution=int(resolution or libero.LiberoProtocol.resolution),
-                              rotate_180=rotate_180, snap_gripper=snap_gripper).resolved(suite)
+                              rotate_180=rotate_180, snap_gripper=snap_gripper, seeding=seeding).resolved(suite)
     tasks = libero.list_tasks(suite)  # imports the simulator: a missing install fails here with the install hint
     n_init = libero.num_init_states(suite, 0)
     protocol = {k: v for k, v in p.to_dict().items() if k != "init_state_indices"}

@@ -2,8 +2,9 @@
 
 Episodes are deterministic in their ids, whatever env slot or shard runs them and whatever ran before: BlockFind
 episodes reset with a seed derived from (protocol seed, task, episode); LIBERO episodes use stored init state
-`episode` and re-seed the simulator with the protocol seed at every reset. That is what makes `--shard` and resuming
-give the same table as one uninterrupted run.
+`episode` and start from the simulator RNG state of the official order (seeded once per task, init states in order;
+envs/libero.py replays it when a worker runs them otherwise), or re-seed at every reset (`seeding=per_episode`). That
+is what makes `--shard` and resuming give the same table as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -96,9 +97,11 @@ def episode_list(setup: SuiteSetup, task_ids: list[int], episodes_per_task: int)
         for e in range(episodes_per_task):
             pseed = episode_seed(seed, t, e)
             if setup.libero:
-                # Re-seeding at every reset makes an episode independent of what the worker ran before.
-                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=seed, reset_options={"init_state_index": e},
-                                       policy_seed=pseed, init_state_index=e))
+                # per_episode: re-seeded at every reset; per_task (official): the env replays the official order
+                # itself (envs/libero.py), so either way an episode does not depend on what its worker ran before.
+                reset_seed = seed if setup.protocol.get("seeding") == "per_episode" else None
+                out.append(EpisodeSpec(t, setup.tasks[t], e, reset_seed=reset_seed,
+                                       reset_options={"init_state_index": e}, policy_seed=pseed, init_state_index=e))
             else:
                 options = None
                 if setup.suite == "blockfind":

@@ -20,6 +20,15 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from tinyvla.core.grammar import FINISHED, TokenConstraint
 
 
+def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty on logits `scores` (..., V) at the tokens where `seen` (..., V) is True:
+    negative logits multiplied by `penalty`, positive ones divided by it."""
+    if penalty == 1.0:
+        return scores
+    hit = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, hit, scores)
+
+
 class ActionLogitsProcessor(LogitsProcessor):
     """Masks every token the action grammar forbids, row by row.
 

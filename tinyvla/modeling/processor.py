@@ -34,10 +34,14 @@ PROCESSOR_FILE = "tinyvla_processor.json"
 
 
 def render_chat_text(system: str, num_images: int, instruction: str, action_text: str | None = None,
-                     instruction_position: str = "after_images") -> str:
+                     instruction_position: str = "after_images", vision_id: bool = False) -> str:
     """The chat as text, one `<|image_pad|>` per image; equals `tokenizer.apply_chat_template` with Qwen's template
-    for the messages of `build_messages` (core/prompt.py says where the instruction goes and why)."""
-    images = "<|vision_start|><|image_pad|><|vision_end|>" * num_images
+    for the messages of `build_messages` (core/prompt.py says where the instruction goes and why). `vision_id`:
+    "Picture N: " before each image, as Qwen2.5-VL's template renders with `add_vision_id=True`."""
+    from tinyvla.core.prompt import vision_label
+
+    images = "".join((vision_label(k + 1) if vision_id else "") + "<|vision_start|><|image_pad|><|vision_end|>"
+                     for k in range(num_images))
     user = {"after_images": images + instruction, "before_images": instruction + images, "end": images}
     if instruction_position not in user:
         raise ValueError(f"instruction_position must be one of {', '.join(user)}, got {instruction_position!r}")
@@ -122,12 +126,13 @@ class VLAProcessor:
 
     # ---------------------------------------------------------------------------------------------- prompts
     def build_prompt(self, images: list, instruction: str, system: str,
-                     instruction_position: str = "after_images") -> dict:
+                     instruction_position: str = "after_images", vision_id: bool = False) -> dict:
         """Token ids of the chat up to the assistant generation prompt, plus the images' patches and grids."""
         if not images:
             raise ValueError("a VLA prompt needs at least one image")
         vision = self.process_images(images)
-        text = render_chat_text(system, len(images), instruction, instruction_position=instruction_position)
+        text = render_chat_text(system, len(images), instruction, instruction_position=instruction_position,
+                                vision_id=vision_id)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         counts = (vision["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
         expanded, k = [], 0
@@ -142,12 +147,12 @@ class VLAProcessor:
         return {"input_ids": expanded, **vision}
 
     def build_training_example(self, images: list, instruction: str, system: str, action_text: str,
-                               instruction_position: str = "after_images") -> dict:
+                               instruction_position: str = "after_images", vision_id: bool = False) -> dict:
         """Prompt + action text + end of turn, with labels only on the answer.
 
         `action_span` = (start, end) token positions of the action text, for masked action augmentation.
         """
-        prompt = self.build_prompt(images, instruction, system, instruction_position)
+        prompt = self.build_prompt(images, instruction, system, instruction_position, vision_id)
         action = self.encode_action_text(action_text)
         ids = prompt["input_ids"] + action + self.end_of_turn_ids
         labels = [IGNORE_INDEX] * len(prompt["input_ids"]) + action + self.end_of_turn_ids

@@ -187,6 +187,7 @@ def speculative_generate(
     reuse_cache: bool = True,
     max_draft_tokens: int | None = None,
     adaptive: bool = True,
+    repetition_penalty: float = 1.0,
 ) -> tuple[list[list[int]], DecodeStats]:
     """Constrained greedy decoding with chunk drafts. Returns each row's generated token ids (EOS included) and stats.
 
@@ -204,6 +205,8 @@ def speculative_generate(
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
       long pass).
+    repetition_penalty: as `generate`'s (DecodingConfig.repetition_penalty): applied before the grammar's argmax at every position to
+      the tokens of the row's prompt (not its left padding, as `generate` does) and of its answer so far.
     """
     device = batch["input_ids"].device
     n_rows, prompt_len = batch["input_ids"].shape
@@ -230,6 +233,15 @@ def speculative_generate(
             ids = torch.tensor([local[i] for i in constraint.allowed_token_ids(state) if i in local], dtype=torch.long)
             allowed_cache[key] = ids
         return ids
+
+    # Repetition penalty: which grammar tokens each row has seen (prompt, then every token it writes).
+    penalty = float(repetition_penalty)
+    if penalty != 1.0:
+        from tinyvla.modeling.constrained import apply_repetition_penalty
+
+        prompt_rows, prompt_mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+        # The left padding is not part of the prompt (transformers skips it too: `prompt_ignore_length`).
+        seen = torch.stack([torch.isin(vocab_t.cpu(), prompt_rows[b][prompt_mask[b]]) for b in range(n_rows)])
 
     keep_arg = _accepts_logits_to_keep(model)
     dim = constraint.grammar.dim
@@ -313,7 +325,12 @@ def speculative_generate(
             stats.drafted += len(d)
             for j in range(width + 1):
                 cand = allowed(r.state)
-                tok = vocab[int(cand[int(torch.argmax(logits[b, j, cand]))])]
+                scores = logits[b, j]
+                if penalty != 1.0:
+                    scores = apply_repetition_penalty(scores, seen[b], penalty)
+                tok = vocab[int(cand[int(torch.argmax(scores[cand]))])]
+                if penalty != 1.0:
+                    seen[b, local[tok]] = True
                 r.tokens.append(tok)
                 r.state = constraint.advance_token(r.state, tok)
                 finished = r.state == FINISHED or len(r.tokens) >= max_new
