@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-python -m pip install -q -c constraints-cpu.txt -e .
 tinyvla train recipes/tiny-cpu.yaml --out runs/tiny-cpu "$@"
 tinyvla eval runs/tiny-cpu/final --suite blockfind-reach --episodes-per-task 100 --num-envs 10 --num-threads 1 \
   --out runs/tiny-cpu/eval-blockfind-reach

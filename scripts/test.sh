@@ -5,6 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
-python -m pip install -q -c constraints-cpu.txt -e ".[dev]"
 bash scripts/install-sim.sh
 python -m pytest -q "$@"

@@ -33,11 +33,13 @@ from tinyvla.core.prompt import INSTRUCTION_POSITIONS, PromptSpec
 from tinyvla.data.transforms import ImageSpec
 from tinyvla.errors import UserError
 from tinyvla.hub import is_hub_id
+from tinyvla.machine import machine_info
 from tinyvla.versions import versions
 
 POLICY_FORMAT = 1  # bump when policy.json changes incompatibly
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-META_KEYS = ("dataset", "base_model", "recipe")  # recorded in policy.json, not used for acting
+# recorded in policy.json, not used for acting; trained_on: the machine that trained it (tinyvla/machine.py)
+META_KEYS = ("dataset", "base_model", "recipe", "trained_on")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -217,6 +219,7 @@ def save_policy_dir(policy, out: str | Path, recipe: dict | None = None, merge_l
                                         dtype=dtype, state_dict=state_dict, adapter_dir=tmp / "adapter")
         cfg = policy.config.to_json()
         cfg.update({"lora_adapter": has_adapter, "versions": versions(), **(extra or {})})
+        cfg.setdefault("trained_on", machine_info())  # an export keeps its source's (META_KEYS)
         if recipe is not None:
             cfg["recipe"] = recipe
         write_json_atomic(tmp / "policy.json", cfg)

@@ -419,10 +419,12 @@ def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_si
                      n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal"):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
     from tinyvla.data.writer import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
+    from tinyvla.progress import track
 
     settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path)
     eps = generate_episodes(suite, episodes, seed, image_size=image_size, n_blocks=n_blocks, paired=paired,
                             home_layouts=home_layouts, path=path)
+    eps = track(eps, episodes, f"generate {suite}", "episodes")  # a bar on a terminal, plain lines in a log
     # The settings go into meta/ with the data, so a later run can tell whether the demos still fit its recipe.
     return write_lerobot_v2(out_dir, eps, fps=fps, robot_type="blockfind",
                             extra_meta={Path(GENERATION_FILE).name: settings})

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from tinyvla.core.atomic import write_json_atomic
+from tinyvla.machine import machine_info
 from tinyvla.errors import UserError
 
 EPISODES_FILE = "episodes.jsonl"
@@ -157,7 +158,7 @@ def summarize(records: dict[tuple[int, int], dict], tasks: dict[int, str], keys:
 
 def write_results(out_dir: str | os.PathLike, results: dict) -> Path:
     path = Path(out_dir) / RESULTS_FILE
-    write_json_atomic(path, results)
+    write_json_atomic(path, {**results, "machine": machine_info()})  # success figures depend on the CPU's kernels
     return path
 
 

@@ -1,11 +1,29 @@
-"""Training logs: a rich progress bar, `metrics.jsonl` (one JSON object per line), TensorBoard, optional W&B, and a
-loss-curve PNG at the end. Only the main process logs."""
+"""Training logs: a rich progress bar on a terminal or one plain line per `log_every` steps elsewhere (a log file, SLURM,
+CI), `metrics.jsonl` (one JSON object per line), TensorBoard, optional W&B, and a loss-curve PNG at the end. Only the
+main process logs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
+
+from tinyvla.progress import eta_seconds, format_duration, plain_line, stdout_is_terminal
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {'lm_head.weight'} while saving" at every checkpoint. Qwen ties the
+    output head to the input embeddings; safetensors stores a shared tensor once, and loading the checkpoint
+    (safetensors' load_model, which knows about shared tensors) or the policy (transformers re-ties the head) restores
+    it. Any other removed tensor still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # accelerate prefixes "[RANK n] ".
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 
 class TrainLogger:
@@ -16,6 +34,8 @@ class TrainLogger:
         self.total = total_steps
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.tb = self.wandb = self.progress_bar = None
+        self.console = console
+        self.start_step, self.start_time = start_step, time.time()
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -35,6 +55,9 @@ class TrainLogger:
 
                 raise UserError("train.wandb=true needs wandb: pip install wandb") from None
             self.wandb = wandb.init(project="tinyvla", name=recipe.name, config=recipe.to_dict(), resume="allow")
+        self.samples_per_s = 0.0
+        if not stdout_is_terminal(console):
+            return  # no live bar: log() writes a plain line instead (a bar off a terminal shows nothing until the end)
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress_bar = Progress(
@@ -44,7 +67,6 @@ class TrainLogger:
         )
         self.task = self.progress_bar.add_task("train", total=total_steps, completed=start_step, info="")
         self.progress_bar.start()
-        self.samples_per_s = 0.0
 
     def _truncate_after(self, step: int):
         if not self.metrics_path.exists():
@@ -72,6 +94,18 @@ class TrainLogger:
                 self.tb.add_scalar(f"train/{key}", value, step)
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
+        if self.progress_bar is None:
+            elapsed = time.time() - self.start_time
+            eta = eta_seconds(step - self.start_step, self.total - self.start_step, elapsed)
+            plain_line(f"step {step}/{self.total}  loss {values['loss']:.4f}  lr {values['lr']:.2e}  "
+                       f"{self.samples_per_s:.1f} samples/s  elapsed {format_duration(elapsed)}  "
+                       f"ETA {format_duration(eta)}", self.console)
+
+    def _print(self, text: str):
+        if self.progress_bar is not None:
+            self.progress_bar.console.print(text)
+        else:
+            plain_line(text, self.console)
 
     def log_eval(self, step: int, result: dict | None):
         if not self.enabled or not result:
@@ -85,10 +119,9 @@ class TrainLogger:
         if self.wandb is not None:
             self.wandb.log({"eval/l1_mean": result["l1_mean"], "eval/l1_baseline_mean": result["l1_baseline_mean"]},
                            step=step)
-        if self.progress_bar is not None:
-            self.progress_bar.console.print(
-                f"step {step}: held-out L1 {result['l1_mean']:.4f} (predict-the-mean {result['l1_baseline_mean']:.4f}), "
-                f"grammar-valid {result['grammar_valid_rate']:.0%}")
+        self._print(f"step {step}: held-out L1 {result['l1_mean']:.4f} "
+                    f"(predict-the-mean {result['l1_baseline_mean']:.4f}), "
+                    f"grammar-valid {result['grammar_valid_rate']:.0%}")
 
     def log_probe(self, step: int, success_rate: float):
         if not self.enabled:
@@ -98,8 +131,7 @@ class TrainLogger:
             self.tb.add_scalar("eval/probe_success", success_rate, step)
         if self.wandb is not None:
             self.wandb.log({"eval/probe_success": success_rate}, step=step)
-        if self.progress_bar is not None:
-            self.progress_bar.console.print(f"step {step}: closed-loop probe success {success_rate:.0%}")
+        self._print(f"step {step}: closed-loop probe success {success_rate:.0%}")
 
     def finish(self, step: int, loss: float, seconds: float):
         if not self.enabled:
