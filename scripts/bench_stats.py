@@ -52,7 +52,7 @@ def main():
     pa.set_cpu_count(args.threads)
     pa.set_io_thread_count(args.threads)
 
-    from tinyvla.data.lerobot import write_lerobot_v2
+    from tinyvla.data.writer import write_lerobot_v2
 
     out = Path(args.out)
     info = out / "meta" / "info.json"

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tinyvla.data.lerobot import write_lerobot_v2  # noqa: E402
+from tinyvla.data.writer import write_lerobot_v2  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SIZE = 32

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from tinyvla.data import open_dataset
-from tinyvla.data.lerobot import LeRobotDataset, write_lerobot_v2
+from tinyvla.data.lerobot import LeRobotDataset
+from tinyvla.data.writer import write_lerobot_v2
 from tinyvla.errors import UserError
 
 FIX = Path(__file__).parent / "fixtures"

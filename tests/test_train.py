@@ -29,7 +29,8 @@ def read_losses(out_dir: Path) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.stem)
 def test_every_gpu_recipe_trains_one_step_at_tiny_scale(tmp_path, path):
-    cfg = smoke_recipe(load_recipe(path, [f"data.repo={FIXTURE}", "data.suite=null",
+    data = ROOT / "tests" / "fixtures" / "so101_2cam_v30" if path.stem.startswith("so101") else FIXTURE
+    cfg = smoke_recipe(load_recipe(path, [f"data.repo={data}", "data.suite=null",
                                           f"train.out_dir={tmp_path / 'run'}"]))
     cfg.train.max_steps = 1
     result = train(cfg, smoke_test=True)

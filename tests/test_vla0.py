@@ -88,9 +88,9 @@ def test_one_colour_jitter_for_both_views_unless_per_view():
     frame = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     for per_view, same in ((False, True), (True, False)):
         spec = ImageSpec(image_size=32, crop_scale=1.0, tile_views=False, jitter_per_view=per_view)
-        a, b = (np.asarray(im) for im in model_images(frame, frame, spec, np.random.default_rng(5)))
+        a, b = (np.asarray(im) for im in model_images([frame, frame], spec, np.random.default_rng(5)))
         assert np.array_equal(a, b) == same
-        plain = np.asarray(model_images(frame, frame, spec, None)[0])
+        plain = np.asarray(model_images([frame, frame], spec, None)[0])
         assert not np.array_equal(a, plain)  # jittered at all
 
 

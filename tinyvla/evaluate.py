@@ -303,6 +303,13 @@ def run_offline(policy, identity: dict, repo: str, out: Path, n_frames: int = 25
     tmp = out / ".offline_pred_vs_true.tmp.png"
     plot_predictions(pred, true, tmp)
     tmp.replace(out / "offline_pred_vs_true.png")
+    from tinyvla.evaluation.chunk_plot import action_names, per_dimension_line, plot_chunks
+
+    names = action_names(reader, pred.shape[-1])
+    tmp = out / ".offline_chunks.tmp.png"
+    plot_chunks(pred, true, names, tmp, fps=float(reader.info.get("fps") or 0) or None)
+    tmp.replace(out / "offline_chunks.png")
+    console.print(per_dimension_line(names, result["l1"], result["l1_baseline"]))
     console.print(f"L1 {result['l1_mean']:.4f} (predict-the-mean baseline {result['l1_baseline_mean']:.4f}), "
                   f"grammar-valid {100 * result['grammar_valid_rate']:.0f}%; wrote {out / 'offline.json'}")
     return result

@@ -12,13 +12,13 @@ import numpy as np
 
 from tinyvla.core.masking import mask_action_tokens
 from tinyvla.core.prompt import PromptSpec
-from tinyvla.data.transforms import ImageSpec, model_images
+from tinyvla.data.transforms import ImageSpec, model_images, observation_views
 
 
-def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, image: np.ndarray, wrist_image: np.ndarray,
+def encode_prompt(processor, prompt: PromptSpec, image_spec: ImageSpec, views: list[np.ndarray],
                   instruction: str, rng: np.random.Generator | None = None) -> dict:
-    """One observation -> {input_ids (list), pixel_values, image_grid_thw}, ready for `processor.collate`."""
-    images = model_images(image, wrist_image, image_spec, rng)
+    """One observation (its camera views, in order) -> {input_ids (list), pixel_values, image_grid_thw}."""
+    images = model_images(views, image_spec, rng)
     return processor.build_prompt(images, instruction, prompt.system, prompt.instruction_position, prompt.vision_id)
 
 
@@ -29,7 +29,8 @@ def encode_training_example(processor, prompt: PromptSpec, image_spec: ImageSpec
 
     `rng` given = training: random crop, colour jitter and masked action augmentation (when mask_prob > 0).
     """
-    images = model_images(sample["image"], sample["wrist_image"], image_spec, rng)  # the rng's first use: the crop
+    views = observation_views(sample, image_spec)
+    images = model_images(views, image_spec, rng)  # the rng's first use: the crop
     item = processor.build_training_example(images, sample["instruction"], prompt.system, action_text,
                                             prompt.instruction_position)
     start, end = item.pop("action_span")

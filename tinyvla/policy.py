@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyvla.core.ensemble import BatchEnsembler
+from tinyvla.data.transforms import observation_views
 from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
 
@@ -93,11 +94,13 @@ class Policy:
         return cls(*load_policy_dir(path, device=device, dtype=dtype, decoding=decoding))
 
     # -- prediction -------------------------------------------------------------------------------------------------
-    def encode_batch(self, images: list[np.ndarray], wrist_images: list[np.ndarray], instructions: list[str]) -> dict:
+    def encode_batch(self, images: list, wrist_images: list | None, instructions: list[str]) -> dict:
+        """wrist_images None: each entry of `images` is one observation's list of views (any number of cameras)."""
         from tinyvla.inputs import encode_prompt
 
-        items = [encode_prompt(self.processor, self.prompt, self.image_spec, im, wr, ins)
-                 for im, wr, ins in zip(images, wrist_images, instructions)]
+        views = images if wrist_images is None else [[im, wr] for im, wr in zip(images, wrist_images)]
+        items = [encode_prompt(self.processor, self.prompt, self.image_spec, v, ins)
+                 for v, ins in zip(views, instructions)]
         batch = self.processor.collate(items, padding_side="left")
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
@@ -190,8 +193,8 @@ class Policy:
         if need:
             ins = [instructions[k] for k in need]
             drafts = [self.draft_for(env_ids[k], steps[k]) for k in need] if self.speculative else None
-            codes = self.predict_codes([observations[k]["image"] for k in need],
-                                       [observations[k]["wrist_image"] for k in need], ins, drafts)
+            codes = self.predict_codes([observation_views(observations[k], self.image_spec) for k in need], None,
+                                       ins, drafts)
             chunks = np.stack([self.codec.decode(c, i) for c, i in zip(codes, ins)])
             self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
             for k, c in zip(need, codes):  # kept after the model call, so a failed call changes nothing

@@ -150,15 +150,17 @@ class PolicyConfig:
         if position not in INSTRUCTION_POSITIONS:
             raise UserError(f"policy.json: instruction_position {position!r} is not one of "
                             f"{', '.join(INSTRUCTION_POSITIONS)}; the file was edited by hand")
+        cameras = cfg["image"].get("cameras")  # absent: LIBERO's two views, read as image / wrist_image
         prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
                             tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
-                            vision_id=bool(cfg.get("vision_id", False)))
+                            num_views=len(cameras) if cameras else 2, vision_id=bool(cfg.get("vision_id", False)))
         if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
             raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
         image_cfg = dict(cfg["image"])
         image_cfg.setdefault("jitter_per_view", True)  # written before the option existed: each view drew its own
         image = ImageSpec(**{k: image_cfg[k] for k in ("image_size", "crop_scale", "color_jitter", "tile_views",
-                                                       "jitter_per_view") if k in image_cfg})
+                                                       "jitter_per_view") if k in image_cfg},
+                          cameras=tuple(cameras) if cameras else None)
         known = {f.name for f in dataclasses.fields(EnsembleConfig)}
         ensemble = EnsembleConfig(**{k: v for k, v in (cfg.get("ensemble") or {}).items() if k in known})
         return cls(prompt, image, stats, per_task_bounds=cfg.get("per_task_bounds", False),
@@ -197,9 +199,11 @@ def specs_from_recipe(recipe) -> tuple[PromptSpec, ImageSpec]:
     """The prompt and image layout a recipe trains with."""
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
-                       instruction_position=d.instruction_position, vision_id=d.vision_id),
+                       instruction_position=d.instruction_position, vision_id=d.vision_id,
+                       num_views=len(d.cameras) if d.cameras else 2),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
-                      tile_views=d.tile_views, jitter_per_view=d.jitter_per_view))
+                      tile_views=d.tile_views, jitter_per_view=d.jitter_per_view,
+                      cameras=tuple(d.cameras) if d.cameras else None))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class DataConfig:
     generate_path: Literal[EXPERT_PATHS] = "diagonal"
     # BlockFind expert moves: coarse (-1/0/+1 per axis) | continuous (proportional to distance, clipped)
     generate_expert: Literal[EXPERT_KINDS] = "coarse"
+    # The dataset's camera features the model sees, in image order (1-3, any names), e.g. [observation.images.front,
+    # observation.images.wrist]; the policy then reads observations under these keys. None = LIBERO's two views
+    # (image_key / wrist_key or the dataset version's defaults), else every camera of the dataset.
+    cameras: list | None = None
     image_key: str | None = None  # None = the default for the dataset's codebase version
     wrist_key: str | None = None
     action_key: str | None = None
@@ -93,13 +97,16 @@ class DataConfig:
 @dataclass
 class ActionsConfig:
     horizon: int = 8  # H actions predicted per query; longer = smoother but slower to react and more tokens
+    # The horizon in seconds instead (rounded to steps at the dataset's fps, printed): 8 steps are 0.8 s of LIBERO at
+    # 10 fps but 0.27 s of an SO-101 at 30 fps. Each step costs D + 1 answer tokens at every query.
+    horizon_s: float | None = None
     dim: int = 7  # D: 6 end-effector deltas + gripper
     bins: int = 1000  # B: ints 0..B; 250 costs ~1.5 pt in VLA-0, 4000 ~0.5 pt
     mask_prob: float = 0.4  # masked action augmentation: up to this fraction of action chars masked; 0 = off
     mask_char: str = "?"  # the character whose token replaces masked inputs
     unmasked_fraction: float = 0.1  # share of samples left unmasked
     per_task_bounds: bool = False  # min/max per instruction instead of global: finer bins, needs the task at test time
-    gripper_dim: int = 6  # which dimension is the gripper (snapped to +-1 in the simulator)
+    gripper_dim: int | None = 6  # which dimension is the gripper (snapped to +-1 in the simulator); null = none
     stats: str | None = None  # action stats JSON (from `data stats --save-stats`); None = computed from the data
 
 
@@ -191,8 +198,15 @@ class Recipe:
                             f"got {self.eval.execute_horizon}")
         if len(self.train.betas) != 2:
             raise UserError(f"train.betas must be two numbers [beta1, beta2], got {self.train.betas}")
-        if not 0 <= self.actions.gripper_dim < self.actions.dim:
-            raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1}, got {self.actions.gripper_dim}")
+        if self.actions.gripper_dim is not None and not 0 <= self.actions.gripper_dim < self.actions.dim:
+            raise UserError(f"actions.gripper_dim must be in 0..{self.actions.dim - 1} (or null: no gripper), "
+                            f"got {self.actions.gripper_dim}")
+        cams = self.data.cameras
+        if cams is not None:
+            if not 1 <= len(cams) <= 3 or len(set(map(str, cams))) != len(cams):
+                raise UserError(f"data.cameras must name 1-3 different camera features, got {cams}")
+            if self.data.image_key or self.data.wrist_key:
+                raise UserError("data.cameras replaces data.image_key / data.wrist_key: set one or the other")
         if self.data.generate_paired and self.data.suite != "blockfind":
             raise UserError(f"data.generate_paired needs data.suite=blockfind (named colours), got {self.data.suite!r}")
         if self.data.generate_home_layouts and self.data.suite != "blockfind":
@@ -245,6 +259,7 @@ RANGES = {
     "data.val_episodes": _range(0), "data.num_workers": _range(0),
     "actions.horizon": _range(1), "actions.dim": _range(1), "actions.bins": _range(2),
     "actions.mask_prob": _range(0, 1), "actions.unmasked_fraction": _range(0, 1), "actions.gripper_dim": _range(0),
+    "actions.horizon_s": _range(0, low_open=True, why="seconds"),
     "train.epochs": _range(0, low_open=True), "train.max_steps": _range(1), "train.max_samples": _range(1),
     "train.global_batch": _range(1), "train.batch_size": _range(1),
     "train.grad_accum": _range(1), "train.lr": _range(0, low_open=True), "train.weight_decay": _range(0),

@@ -101,7 +101,7 @@ def inspect_tokens(
     blank = np.zeros((side, side, 3), np.uint8)
     from tinyvla.inputs import encode_prompt
 
-    item = encode_prompt(processor, prompt, image_spec, blank, blank, instruction)
+    item = encode_prompt(processor, prompt, image_spec, [blank] * prompt.num_views, instruction)
     prompt_ids = list(item["input_ids"])
     action_ids = processor.encode_action_text(action_text)
     tail = list(processor.end_of_turn_ids)

@@ -1,4 +1,4 @@
-"""What the model reads: the VLA-0 system prompt, the chat messages, and how the two camera views are laid out.
+"""What the model reads: the VLA-0 system prompt, the chat messages, and how the camera views are laid out.
 
 The model sees one chat: a system turn with the prompt below (H, D, B filled in), a user turn with the image(s) then the
 task instruction, and an assistant turn holding the action text (in training; at inference the model writes it).
@@ -43,8 +43,9 @@ class PromptSpec:
     horizon: int = 8
     dim: int = 7
     bins: int = 1000
-    tile_views: bool = True  # one side-by-side image (VLA-0 default) or two separate images
+    tile_views: bool = True  # one side-by-side image (VLA-0 default) or one image per view
     instruction_position: str = "after_images"  # one of INSTRUCTION_POSITIONS
+    num_views: int = 2  # camera views per observation (1-3)
     # "Picture N: " before each image, as Qwen2.5-VL's chat template writes it with add_vision_id=True (the official
     # VLA-0 checkpoint was trained so: 5 more prompt tokens per image). Off = tinyvla's default.
     vision_id: bool = False
@@ -60,19 +61,21 @@ class PromptSpec:
 
     @property
     def num_images(self) -> int:
-        return 1 if self.tile_views else 2
+        return 1 if self.tile_views else self.num_views
 
 
-def tile_views(image: np.ndarray, wrist_image: np.ndarray) -> np.ndarray:
-    """Third-person view left, wrist view right, one (H, W1 + W2, 3) image. Heights must match."""
-    if image.shape[0] != wrist_image.shape[0]:
-        raise ValueError(f"views must have the same height to tile, got {image.shape} and {wrist_image.shape}")
-    return np.concatenate([image, wrist_image], axis=1)
+def tile_views(*views: np.ndarray) -> np.ndarray:
+    """The views side by side, left to right in camera order (VLA-0: third-person, then wrist): one (H, W1 + ... , 3)
+    image. Heights must match. Side by side keeps each view's pixels and the vision encoder's patch grid as they are;
+    three 224-px views make one 672 x 224 image."""
+    if len({v.shape[0] for v in views}) > 1:
+        raise ValueError(f"views must have the same height to tile, got {', '.join(str(v.shape) for v in views)}")
+    return np.concatenate(views, axis=1)
 
 
-def view_images(image: np.ndarray, wrist_image: np.ndarray, tile: bool) -> list[np.ndarray]:
-    """The images the model reads, in order: one tiled image, or [third-person, wrist]."""
-    return [tile_views(image, wrist_image)] if tile else [image, wrist_image]
+def view_images(*views: np.ndarray, tile: bool) -> list[np.ndarray]:
+    """The images the model reads, in order: one tiled image, or the views one by one."""
+    return [tile_views(*views)] if tile and len(views) > 1 else list(views)
 
 
 def vision_label(index: int) -> str:

@@ -28,6 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
+from tinyvla.data.reader import EpisodeTable, ForkSafeCache, select_tasks
 from tinyvla.errors import UserError
 
 CONTROL_HZ = 20
@@ -62,6 +63,7 @@ class LiberoHDF5Dataset:
         self,
         root: str | os.PathLike,
         *,
+        cameras: Iterable[str] | None = None,
         image_key: str | None = None,
         wrist_key: str | None = None,
         action_key: str | None = None,
@@ -75,8 +77,11 @@ class LiberoHDF5Dataset:
         if not files:
             raise UserError(f"{self.root} has no .hdf5 files (expected LIBERO *_demo.hdf5 task files)")
         self.action_key = action_key or "actions"
-        self.image_key = image_key or IMAGE_KEYS["image"]
-        self.wrist_key = wrist_key or IMAGE_KEYS["wrist"]
+        self.default_views = cameras is None  # LIBERO's (third-person, wrist) pair, read as such by a policy
+        if cameras is not None:  # obs/ keys, in the order the policy sees them
+            self.cameras = [str(c) for c in ([cameras] if isinstance(cameras, str) else cameras)]
+        else:
+            self.cameras = [image_key or IMAGE_KEYS["image"], wrist_key or IMAGE_KEYS["wrist"]]
         self.state_key = state_key  # None: the LeRobot-style 8-D state built from STATE_PARTS, when present
 
         self._features_probe: dict | None = None
@@ -108,33 +113,22 @@ class LiberoHDF5Dataset:
                 raise UserError(f"cannot open {path} as HDF5 ({err})") from None
 
         self.task_names = list(dict.fromkeys(task_of_file))
-        if tasks is not None:
-            wanted = set()
-            for t in ([tasks] if isinstance(tasks, (str, int)) else tasks):
-                if isinstance(t, int) or (isinstance(t, str) and t.isdigit()):
-                    if not 0 <= int(t) < len(self.task_names):
-                        raise UserError(f"task index {t} out of range: {len(self.task_names)} tasks")
-                    wanted.add(self.task_names[int(t)])
-                elif t in self.task_names:
-                    wanted.add(t)
-                else:
-                    raise UserError(f"task '{t}' not in {self.root}; tasks: {'; '.join(self.task_names)}")
+        wanted = select_tasks(self.task_names, tasks, str(self.root))
+        if wanted is not None:
             episodes = [e for e in episodes if e[3] in wanted]
         if not episodes:
             raise UserError(f"{self.root} has no demos{' for the selected tasks' if tasks else ''}")
 
-        self._episodes = episodes
-        self._ep_length = np.array([e[2] for e in episodes], dtype=np.int64)
-        self._ep_start = np.concatenate([[0], np.cumsum(self._ep_length)[:-1]]).astype(np.int64)
-        self._n = int(self._ep_length.sum())
-        self._handles: dict[int, object] = {}
-        self._pid = os.getpid()
+        # episode ids are the row numbers of the kept demos (raw HDF5 has no global episode index)
+        self.episodes = EpisodeTable(range(len(episodes)), [e[2] for e in episodes], [e[3] for e in episodes])
+        self._demos = [(fid, name) for fid, name, _, _ in episodes]
+        self._handles = ForkSafeCache(size=len(self._files), close=_close_h5)  # h5py handles must not cross a fork
         self._actions: np.ndarray | None = None
         self.info = {
             "codebase_version": "libero-hdf5",
             "fps": CONTROL_HZ,
             "total_episodes": len(episodes),
-            "total_frames": self._n,
+            "total_frames": self.episodes.num_frames,
             "features": self._features_probe or {},
         }
 
@@ -159,18 +153,18 @@ class LiberoHDF5Dataset:
         available = sorted(["actions"] if "actions" in demo else []) + sorted(f"obs/{k}" for k in (obs or {}).keys())
         if self.action_key not in demo:
             raise UserError(f"{path.name} {name}: no '{self.action_key}' dataset; available: {', '.join(available)}")
-        for role, key in (("image", self.image_key), ("wrist", self.wrist_key)):
+        for n, key in enumerate(self.cameras):
             if obs is None or key not in obs:
-                raise UserError(f"{path.name} {name}: no obs/{key} ({role} camera); pass --{role}-key, "
-                                f"available: {', '.join(available)}")
+                role = ("image", "wrist")[n] if n < 2 else "camera"
+                raise UserError(f"{path.name} {name}: no obs/{key} ({role} camera); pass data.cameras or "
+                                f"--{role}-key, available: {', '.join(available)}")
         if self.state_key is not None and self.state_key not in obs:
             raise UserError(f"{path.name} {name}: no obs/{self.state_key}; available: {', '.join(available)}")
 
     def _describe(self, demo) -> dict:
         obs = demo["obs"]
-        feats = {
-            self.image_key: {"dtype": "image", "shape": list(obs[self.image_key].shape[1:])},
-            self.wrist_key: {"dtype": "image", "shape": list(obs[self.wrist_key].shape[1:])},
+        feats = {key: {"dtype": "image", "shape": list(obs[key].shape[1:])} for key in self.cameras}
+        feats |= {
             self.action_key: {"dtype": str(demo[self.action_key].dtype),
                               "shape": list(demo[self.action_key].shape[1:])},
         }
@@ -182,25 +176,20 @@ class LiberoHDF5Dataset:
     def _file(self, fid: int):
         import h5py
 
-        if os.getpid() != self._pid:  # h5py handles must not cross a fork (DataLoader workers): reopen
-            self._handles, self._pid = {}, os.getpid()
-        h = self._handles.get(fid)
-        if h is None:
-            h = self._handles[fid] = h5py.File(self._files[fid], "r")
-        return h
+        return self._handles.get(fid, lambda: h5py.File(self._files[fid], "r"))
 
     # -- the reader contract ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self._n
+        return self.episodes.num_frames
 
     @property
     def num_episodes(self) -> int:
-        return len(self._episodes)
+        return len(self.episodes)
 
     def actions(self) -> np.ndarray:
         if self._actions is None:
             parts = [np.asarray(self._file(fid)["data"][name][self.action_key][()], dtype=np.float32)
-                     for fid, name, _, _ in self._episodes]
+                     for fid, name in self._demos]
             actions = np.concatenate([p.reshape(len(p), -1) for p in parts])
             from tinyvla.data.stats import check_finite
 
@@ -209,41 +198,39 @@ class LiberoHDF5Dataset:
         return self._actions
 
     def episode_index(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self._episodes)), self._ep_length)
+        return self.episodes.episode_index()
 
     def frame_index(self) -> np.ndarray:
-        return np.arange(self._n) - np.repeat(self._ep_start, self._ep_length)
+        return self.episodes.frame_index()
 
     def frame_task(self) -> np.ndarray:
-        return np.repeat(np.array([e[3] for e in self._episodes], dtype=object), self._ep_length)
+        return self.episodes.frame_task()
 
     def episode_name(self, e: int) -> str:
         """`file.hdf5:demo_N`, for messages."""
-        fid, name, _, _ = self._episodes[e]
+        fid, name = self._demos[e]
         return f"{self._files[fid].name}:{name}"
 
     def sample(self, i: int, horizon: int = 8) -> dict:
-        if not -self._n <= i < self._n:
-            raise IndexError(f"frame {i} out of range for a dataset of {self._n} frames")
-        i %= self._n
-        e = int(np.searchsorted(self._ep_start, i, side="right") - 1)
-        k = i - int(self._ep_start[e])
-        length = int(self._ep_length[e])
-        fid, name, _, task = self._episodes[e]
+        e, k = self.episodes.locate(i)
+        fid, name = self._demos[e]
         demo = self._file(fid)["data"][name]
-        idx = int(self._ep_start[e]) + np.minimum(np.arange(k, k + horizon), length - 1)
         out = {
-            "actions": self.actions()[idx],
-            "instruction": task,
+            "actions": self.actions()[self.episodes.action_window(e, k, horizon)],
+            "instruction": self.episodes.tasks[e],
             "episode_index": e,
             "frame_index": k,
         }
-        for role, key in (("image", self.image_key), ("wrist_image", self.wrist_key)):
+        views = []
+        for key in self.cameras:
             frame = np.asarray(demo["obs"][key][k])
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
                 raise UserError(f"{self.episode_name(e)} frame {k}: obs/{key} is {frame.dtype} {frame.shape}, "
                                 f"expected uint8 (H, W, 3)")
-            out[role] = np.ascontiguousarray(frame[::-1, ::-1])  # 180 degrees: match the LeRobot orientation
+            views.append(np.ascontiguousarray(frame[::-1, ::-1]))  # 180 degrees: match the LeRobot orientation
+        out["views"], out["image"] = views, views[0]
+        if len(views) > 1:
+            out["wrist_image"] = views[1]
         obs = demo["obs"]
         if self.state_key is not None:
             out["state"] = np.asarray(obs[self.state_key][k], dtype=np.float32).reshape(-1)
@@ -251,10 +238,10 @@ class LiberoHDF5Dataset:
             out["state"] = np.concatenate([np.asarray(obs[p][k], dtype=np.float32).reshape(-1) for p in STATE_PARTS])
         return out
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_handles"] = {}
-        return state
-
     def __repr__(self) -> str:
-        return f"LiberoHDF5Dataset({self.root}, {len(self._files)} files, {self.num_episodes} demos, {self._n} frames)"
+        return (f"LiberoHDF5Dataset({self.root}, {len(self._files)} files, {self.num_episodes} demos, "
+                f"{len(self)} frames)")
+
+
+def _close_h5(handle) -> None:
+    handle.close()

@@ -22,13 +22,42 @@ class ImageSpec:
     crop_scale: float = 0.875  # crop this fraction of the side (VLA-0: 256 -> 224)
     color_jitter: bool = True  # training only
     tile_views: bool = True
-    # False: one jitter (same factors, same order) for both views, as VLA-0's single ColorJitter call over the stacked
+    # False: one jitter (same factors, same order) for all views, as VLA-0's single ColorJitter call over the stacked
     # views; True: each view draws its own.
     jitter_per_view: bool = False
+    # The observation keys the policy reads, in image order; None = LIBERO's two ("image", "wrist_image").
+    cameras: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "crop_scale": self.crop_scale, "color_jitter": self.color_jitter,
-                "tile_views": self.tile_views, "jitter_per_view": self.jitter_per_view}
+        out = {"image_size": self.image_size, "crop_scale": self.crop_scale, "color_jitter": self.color_jitter,
+               "tile_views": self.tile_views, "jitter_per_view": self.jitter_per_view}
+        if self.cameras is not None:
+            out["cameras"] = list(self.cameras)
+        return out
+
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        return self.cameras or DEFAULT_CAMERAS
+
+
+DEFAULT_CAMERAS = ("image", "wrist_image")  # what BlockFind, the LIBERO env and the v2.0 LIBERO data call the views
+
+
+def observation_views(obs: dict, spec: ImageSpec) -> list[np.ndarray]:
+    """The camera frames of one observation, in the policy's order: a dataset sample's `views`, or the frames under
+    the policy's camera keys (an env's or a robot's observation dict)."""
+    if "views" in obs:
+        return list(obs["views"])
+    keys = spec.observation_keys
+    if any(k not in obs for k in keys) and len(keys) <= 2 and all(k in obs for k in DEFAULT_CAMERAS[:len(keys)]):
+        keys = DEFAULT_CAMERAS[:len(keys)]  # the generic names of views 0 and 1 (an env, a server's wire format)
+    missing = [k for k in keys if k not in obs]
+    if missing:
+        from tinyvla.errors import UserError
+
+        raise UserError(f"the observation has no '{missing[0]}' camera; this policy reads "
+                        f"{', '.join(spec.observation_keys)} (the observation has {', '.join(map(str, obs))})")
+    return [obs[k] for k in keys]
 
 
 def crop(image: np.ndarray, scale: float, rng: np.random.Generator | None) -> np.ndarray:
@@ -87,13 +116,12 @@ def transform_view(image: np.ndarray, spec: ImageSpec, rng: np.random.Generator 
     return np.asarray(img)
 
 
-def model_images(image: np.ndarray, wrist_image: np.ndarray, spec: ImageSpec,
-                 rng: np.random.Generator | None = None) -> list[Image.Image]:
-    """Both camera frames -> the PIL images the processor gets (one tiled image or two).
+def model_images(views: list[np.ndarray], spec: ImageSpec, rng: np.random.Generator | None = None
+                 ) -> list[Image.Image]:
+    """The camera frames -> the PIL images the processor gets (one tiled image, or one per view).
 
-    Crops are drawn per view (as VLA-0 does); the colour jitter is drawn once for both unless `spec.jitter_per_view`.
+    Crops are drawn per view (as VLA-0 does); the colour jitter is drawn once for all unless `spec.jitter_per_view`.
     """
     shared = draw_jitter(rng) if rng is not None and spec.color_jitter and not spec.jitter_per_view else None
-    views = view_images(transform_view(image, spec, rng, shared), transform_view(wrist_image, spec, rng, shared),
-                        spec.tile_views)
-    return [Image.fromarray(v) for v in views]
+    out = [transform_view(v, spec, rng, shared) for v in views]
+    return [Image.fromarray(v) for v in view_images(*out, tile=spec.tile_views)]

@@ -440,7 +440,7 @@ def generate_dataset(suite: str, episodes: int, out_dir, seed: int = 0, image_si
                      n_blocks: int = 3, paired: bool = False, home_layouts: float = 0.0, path: str = "diagonal",
                      expert: str = "coarse"):
     """Write `episodes` expert demonstrations as a LeRobot v2.0 dataset (the layout of physical-intelligence/libero)."""
-    from tinyvla.data.lerobot import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
+    from tinyvla.data.writer import write_lerobot_v2  # lazy: the writer pulls in pyarrow/PIL
     from tinyvla.progress import track
 
     settings = generation_settings(suite, episodes, seed, image_size, n_blocks, paired, home_layouts, path, expert)

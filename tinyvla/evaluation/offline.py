@@ -18,8 +18,7 @@ def offline_action_error(policy, reader, frames, batch_size: int = 8, return_pre
     frames = [int(f) for f in frames]
     for start in range(0, len(frames), batch_size):
         samples = [reader.sample(f, horizon) for f in frames[start : start + batch_size]]
-        texts = policy.generate_text([s["image"] for s in samples], [s["wrist_image"] for s in samples],
-                                     [s["instruction"] for s in samples])
+        texts = policy.generate_text([s["views"] for s in samples], None, [s["instruction"] for s in samples])
         for s, text in zip(samples, texts):
             valid += policy.grammar.accepts(text.strip())
             preds.append(policy.codec.text_to_actions(text, s["instruction"]))

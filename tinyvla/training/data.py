@@ -49,8 +49,8 @@ def resolve_dataset(recipe: Recipe, log=print):
         from tinyvla.data.libero_tasks import suite_tasks
 
         tasks = suite_tasks(cfg.suite)
-    reader = open_dataset(repo, image_key=cfg.image_key, wrist_key=cfg.wrist_key, action_key=cfg.action_key,
-                          tasks=tasks)
+    reader = open_dataset(repo, cameras=cfg.cameras, image_key=cfg.image_key, wrist_key=cfg.wrist_key,
+                          action_key=cfg.action_key, tasks=tasks)
     if cfg.suite in BLOCKFIND_SUITES:
         _check_blockfind_wording(reader, repo)
     return reader
@@ -114,7 +114,36 @@ def load_training_data(recipe: Recipe, log=print) -> TrainingData:
     if stats.dim != recipe.actions.dim:
         raise UserError(f"the dataset's actions have {stats.dim} dimensions but actions.dim is {recipe.actions.dim}; "
                         f"set --set actions.dim={stats.dim}")
+    log(fit_recipe_to_dataset(recipe, reader))
     return TrainingData(reader, train_frames, val_frames, stats)
+
+
+def fit_recipe_to_dataset(recipe: Recipe, reader) -> str:
+    """Settle what the recipe leaves to the dataset and say in one line what the policy will read and write:
+    `actions.horizon_s` becomes steps at the dataset's fps; with no `data.cameras`, a dataset whose cameras are not
+    LIBERO's two defaults has its cameras recorded (the policy then reads observations under those names)."""
+    a, d = recipe.actions, recipe.data
+    fps = float(reader.info.get("fps") or 0) or None
+    if a.horizon_s is not None:
+        if fps is None:
+            raise UserError(f"actions.horizon_s needs the dataset's fps, and {d.repo} does not say it; set "
+                            "actions.horizon (steps) instead")
+        a.horizon = max(1, round(a.horizon_s * fps))
+        if recipe.eval.execute_horizon > a.horizon:
+            recipe.eval.execute_horizon = a.horizon
+    if d.cameras is None and not getattr(reader, "default_views", True):
+        d.cameras = list(reader.cameras)
+    names = (reader.info.get("features", {}).get(reader.action_key) or {}).get("names") or []
+    names = names if isinstance(names, list) and len(names) == a.dim else []  # v2.0 LIBERO: ["actions"]
+    named = [i for i, n in enumerate(names) if "gripper" in str(n).lower()]
+    if a.gripper_dim is not None and len(named) == 1 and named[0] != a.gripper_dim:
+        raise UserError(f"actions.gripper_dim is {a.gripper_dim} but the dataset's gripper is dimension {named[0]} "
+                        f"({names[named[0]]}); set --set actions.gripper_dim={named[0]}")
+    grip = "no gripper" if a.gripper_dim is None else f"gripper dim {a.gripper_dim}" + (
+        f" ({names[a.gripper_dim]})" if names else "")
+    seconds = f" = {a.horizon / fps:.2f} s at {fps:g} fps" if fps else ""
+    return (f"data: {len(reader)} frames; cameras {', '.join(reader.cameras)} -> {len(reader.cameras)} view(s); "
+            f"actions '{reader.action_key}' D={a.dim}, {grip}; horizon {a.horizon} steps{seconds}")
 
 
 class ActionSampleDataset(torch.utils.data.Dataset):
