@@ -209,7 +209,7 @@ def test_truncated_weights_are_one_line_naming_the_file(capsys, tmp_path, run_di
 
 
 def test_offline_eval_on_a_dataset_with_another_action_dimension(capsys, tmp_path, run_dir):
-    from tinyvla.data.lerobot import write_lerobot_v2
+    from tinyvla.data.writer import write_lerobot_v2
 
     rng = np.random.default_rng(0)
     episodes = [{"task": "reach", "image": rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8),
