@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvla.core.ensemble import BatchEnsembler
+from tinyvla.core.ensemble import BatchEnsembler, EnsembledActor
 from tinyvla.data.transforms import observation_views
 from tinyvla.policy_dir import DecodingConfig, PolicyConfig
 
 
-class Policy:
+class Policy(EnsembledActor):
     def __init__(self, config: PolicyConfig, model, processor, source: str | None = None):
         """config: how the policy reads, writes, blends and decodes; model + processor: a loaded pair
         (tinyvla.modeling.loading); source: where it was loaded from, if anywhere (recorded by eval)."""
@@ -170,44 +170,24 @@ class Policy:
             return shift_chunk(last[1], step - last[0])
         return None if self._start_codes is None else self._start_codes.copy()
 
-    # -- acting with ensembling -------------------------------------------------------------------------------------
-    def reset(self, num_envs: int = 1) -> None:
-        """Start new episodes: forget every stored chunk."""
-        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim,
-                                         **self.config.ensemble.to_dict())
-        self._steps = [0] * num_envs
-        self._last_codes.clear()
+    # -- acting with ensembling (EnsembledActor: reset / reset_env / act_batch / act) ---------------------------------
+    def _forget(self, env: int | None) -> None:
+        if env is None:
+            self._last_codes.clear()
+        else:
+            self._last_codes.pop(env, None)
 
-    def reset_env(self, i: int) -> None:
-        self._ensembler.reset(i)
-        self._steps[i] = 0
-        self._last_codes.pop(i, None)
-
-    def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None) -> np.ndarray:
-        """One action per observation; re-queries the model only for envs whose ensembler asks for a new chunk."""
-        if self._ensembler is None:
-            self.reset(len(observations))
-        env_ids = list(range(len(observations))) if env_ids is None else list(env_ids)
-        steps = [self._steps[e] for e in env_ids]
-        need = [k for k, (e, t) in enumerate(zip(env_ids, steps)) if self._ensembler[e].needs_query(t)]
-        if need:
-            ins = [instructions[k] for k in need]
-            drafts = [self.draft_for(env_ids[k], steps[k]) for k in need] if self.speculative else None
-            codes = self.predict_codes([observation_views(observations[k], self.image_spec) for k in need], None,
-                                       ins, drafts)
-            chunks = np.stack([self.codec.decode(c, i) for c, i in zip(codes, ins)])
-            self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
-            for k, c in zip(need, codes):  # kept after the model call, so a failed call changes nothing
-                self._last_codes[env_ids[k]] = (steps[k], c)
-                if steps[k] == 0:
-                    self._start_codes = c
-        actions = self._ensembler.action(env_ids, steps)
-        for e in env_ids:
-            self._steps[e] += 1
-        return np.asarray(actions, dtype=np.float32)
-
-    def act(self, observation: dict, instruction: str) -> np.ndarray:
-        return self.act_batch([observation], [instruction])[0]
+    def predict_for(self, env_ids: list[int], observations: list[dict], instructions: list[str],
+                    steps: list[int]) -> np.ndarray:
+        """(k, H, D) chunks for the envs the ensembler asked about, drafted from their previous chunks."""
+        drafts = [self.draft_for(e, t) for e, t in zip(env_ids, steps)] if self.speculative else None
+        codes = self.predict_codes([observation_views(obs, self.image_spec) for obs in observations], None,
+                                   instructions, drafts)
+        for e, t, c in zip(env_ids, steps, codes):  # kept after the model call, so a failed call changes nothing
+            self._last_codes[e] = (t, c)
+            if t == 0:
+                self._start_codes = c
+        return np.stack([self.codec.decode(c, i) for c, i in zip(codes, instructions)])
 
     def seed_env(self, i: int, seed: int) -> None:
         """Decoding is greedy: nothing to seed (part of the policy interface, for policies that sample)."""

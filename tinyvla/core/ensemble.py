@@ -177,3 +177,54 @@ class BatchEnsembler:
     def action(self, env_ids, steps) -> np.ndarray:
         """(k, D) blended actions for the slots env_ids at steps."""
         return np.stack([self.slots[int(i)].action(int(t)) for i, t in zip(env_ids, steps, strict=True)])
+
+
+class EnsembledActor:
+    """Acting with temporal ensembling, shared by every policy that predicts whole chunks (tinyvla.Policy, and
+    serving.RemotePolicy whose chunks come from a server): a step counter and a ChunkEnsembler per env slot, and a
+    model query only for the envs whose ensembler asks for a new chunk.
+
+    A subclass has `config` (a PolicyConfig: `.prompt` horizon/dim, `.ensemble`) and implements
+    `predict_for(env_ids, observations, instructions, steps) -> (k, H, D)` chunks; `_forget(env)` drops what it keeps
+    per env (None = every env) when episodes start."""
+
+    _ensembler: BatchEnsembler | None = None
+    _steps: list[int]
+
+    def predict_for(self, env_ids: list[int], observations: list[dict], instructions: list[str],
+                    steps: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _forget(self, env: int | None) -> None:
+        """Per-env state beyond the ensembler (drafts, connections' episode flags); nothing by default."""
+
+    def reset(self, num_envs: int = 1) -> None:
+        """Start new episodes in `num_envs` slots: forget every stored chunk."""
+        prompt = self.config.prompt
+        self._ensembler = BatchEnsembler(num_envs, prompt.horizon, prompt.dim, **self.config.ensemble.to_dict())
+        self._steps = [0] * num_envs
+        self._forget(None)
+
+    def reset_env(self, i: int) -> None:
+        self._ensembler.reset(i)
+        self._steps[i] = 0
+        self._forget(i)
+
+    def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None) -> np.ndarray:
+        """One action per observation; queries the model only for envs whose ensembler asks for a new chunk."""
+        if self._ensembler is None:
+            self.reset(len(observations))
+        env_ids = list(range(len(observations))) if env_ids is None else list(env_ids)
+        steps = [self._steps[e] for e in env_ids]
+        need = [k for k, (e, t) in enumerate(zip(env_ids, steps)) if self._ensembler[e].needs_query(t)]
+        if need:
+            chunks = self.predict_for([env_ids[k] for k in need], [observations[k] for k in need],
+                                      [instructions[k] for k in need], [steps[k] for k in need])
+            self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
+        actions = self._ensembler.action(env_ids, steps)
+        for e in env_ids:
+            self._steps[e] += 1
+        return np.asarray(actions, dtype=np.float32)
+
+    def act(self, observation: dict, instruction: str) -> np.ndarray:
+        return self.act_batch([observation], [instruction])[0]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinyvla.core.ensemble import EnsembledActor
 from tinyvla.errors import UserError
 from tinyvla.serving.wire import pack, unpack
 
 CONNECT_TIMEOUT_S = 30.0
 
 
-class RemotePolicy:
+class RemotePolicy(EnsembledActor):
     """A `tinyvla.interface.PolicyInterface` whose model runs in a `tinyvla serve` process."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 600.0):
@@ -84,43 +85,20 @@ class RemotePolicy:
         """Deterministic: nothing to seed."""
 
     def reset(self, num_envs: int = 1) -> None:
-        from tinyvla.core.ensemble import BatchEnsembler
-
         while len(self._conns) < num_envs:
             self._conns.append(self._connect_one()[0])
-        self._ensembler = BatchEnsembler(num_envs, self.prompt.horizon, self.prompt.dim,
-                                         **self.config.ensemble.to_dict())
-        self._steps = [0] * num_envs
-        self._last_query.clear()
-        self._fresh = set(range(num_envs))
+        super().reset(num_envs)
 
-    def reset_env(self, i: int) -> None:
-        self._ensembler.reset(i)
-        self._steps[i] = 0
-        self._last_query.pop(i, None)
-        self._fresh.add(i)
-
-    def act_batch(self, observations: list[dict], instructions: list[str], env_ids: list[int] | None = None):
-        """One action per observation, ensembled here as Policy.act_batch does; chunks come from the server."""
-        if self._ensembler is None:
-            self.reset(len(observations))
-        env_ids = list(range(len(observations))) if env_ids is None else list(env_ids)
-        steps = [self._steps[e] for e in env_ids]
-        need = [k for k, (e, t) in enumerate(zip(env_ids, steps)) if self._ensembler[e].needs_query(t)]
-        if need:
-            chunks = self.predict_chunks_for([env_ids[k] for k in need], [observations[k] for k in need],
-                                             [instructions[k] for k in need], [steps[k] for k in need])
-            self._ensembler.add([env_ids[k] for k in need], chunks, [steps[k] for k in need])
-        actions = self._ensembler.action(env_ids, steps)
-        for e in env_ids:
-            self._steps[e] += 1
-        return np.asarray(actions, dtype=np.float32)
-
-    def act(self, observation: dict, instruction: str) -> np.ndarray:
-        return self.act_batch([observation], [instruction])[0]
+    def _forget(self, env: int | None) -> None:
+        if env is None:
+            self._last_query.clear()
+            self._fresh = set(range(len(self._steps)))
+        else:
+            self._last_query.pop(env, None)
+            self._fresh.add(env)
 
     # -- the wire ---------------------------------------------------------------------------------------------------
-    def predict_chunks_for(self, envs: list[int], observations: list[dict], instructions: list[str],
+    def predict_for(self, envs: list[int], observations: list[dict], instructions: list[str],
                            steps: list[int]) -> np.ndarray:
         """(k, H, D) raw chunks, one per env connection; all requests go out before any reply is read."""
         for e, obs, ins, t in zip(envs, observations, instructions, steps):
