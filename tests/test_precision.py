@@ -37,3 +37,15 @@ def test_kahan_adamw_keeps_small_bf16_updates_plain_adamw_loses_them():
     assert plain is None and plain_w == start  # every update rounded away
     assert kahan is not None and kahan < 50  # the updates add up and arrive
     assert abs((start - kahan_w) - 200 * 5e-6) < 1.5e-4  # the weight moved by the sum of the updates, +- one bf16 step
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1))
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decay == {id(model[0].weight), id(model[1].weight)}
+    assert no_decay == {id(model[1].bias), id(model[2].weight), id(model[2].bias)}
+    # Without decay: one group holding every trainable parameter, as before groups existed.
+    plain = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.0))
+    assert len(plain.param_groups) == 1 and len(plain.param_groups[0]["params"]) == 5

@@ -133,8 +133,22 @@ def mixed_precision(cfg) -> str:
     return {"bf16-mixed": "bf16", "bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no")
 
 
-def build_optimizer(model, cfg) -> torch.optim.Optimizer:
+def parameter_groups(model, weight_decay: float) -> list:
+    """The trainable parameters for the optimizer. With weight decay, two groups (as nanoGPT's
+    configure_optimizers): matrices (linear, embedding, conv kernels) decay; biases and norm scales (1-D tensors) do
+    not, since shrinking them towards 0 only fights the normalisation. Without weight decay, one plain list, so the
+    optimizer is exactly what it was before groups existed."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if not weight_decay or not params:
+        return params
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def build_optimizer(model, cfg) -> torch.optim.Optimizer:
+    params = parameter_groups(model, cfg.weight_decay)
     if not params:
         raise UserError("no trainable parameters: with model.freeze_vision and LoRA off, something else froze them")
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
