@@ -65,7 +65,7 @@ def test_a_child_dies_with_its_parent(tmp_path, protected):
     """The control case (no prctl) shows the test can fail: an unprotected child outlives a kill -9 of its parent."""
     ready = tmp_path / "ready"
     child_code = ("import os, sys, time\n"
-                  "from tinyvla.training.checkpoint import die_with_parent\n"
+                  "from tinyvla.lifetime import die_with_parent\n"
                   f"if {protected}: die_with_parent(int(sys.argv[1]))\n"
                   f"open({str(ready)!r}, 'w').write(str(os.getpid()))\n"
                   "time.sleep(60)\n")
@@ -86,6 +86,39 @@ def test_a_child_dies_with_its_parent(tmp_path, protected):
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_an_eval_env_worker_dies_with_the_eval(tmp_path):
+    """`tinyvla eval --num-envs N` on LIBERO runs each simulator in a worker process. A worker waiting for a command
+    sees its pipe close when the eval dies; one busy building or stepping a scene does not, and must not keep going
+    after a kill -9 of the eval. Here the env build takes a minute, so only die-with-parent can end it in time."""
+    ready = tmp_path / "ready"
+    code = ("import os, time\n"
+            "from tinyvla.envs.suites import setup_suite\n"
+            "from tinyvla.evaluation.slots import make_slots\n"
+            "class SlowFactory:\n"
+            "    def __call__(self, task_id):\n"
+            "        time.sleep(60)  # building a scene, for the purpose of this test forever\n"
+            "if __name__ == '__main__':\n"
+            "    slots = make_slots(setup_suite('blockfind-reach', max_steps=5), 1, factory=SlowFactory(),\n"
+            "                       processes=True)\n"
+            "    slots[0].send('reset', (0, 0, None))\n"
+            "    time.sleep(3)  # the worker is inside the factory now\n"
+            f"    open({str(ready)!r}, 'w').write(str(slots[0].proc.pid))\n"
+            "    time.sleep(60)\n")
+    script = tmp_path / "eval_parent.py"
+    script.write_text(code)
+    parent = subprocess.Popen([sys.executable, str(script)], env=env())
+    wait_until(lambda: ready.is_file() and ready.read_text(), 60, "the env worker")
+    worker = int(ready.read_text())
+    assert alive(worker)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    try:
+        wait_until(lambda: not alive(worker), 10, "the env worker to die with the eval")
+    finally:
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ Both speak the same protocol (`send(cmd, arg)` then `recv()`), so the loop does 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import traceback
 from typing import Callable
 
@@ -17,8 +18,6 @@ from tinyvla.envs.suites import SuiteSetup
 from tinyvla.errors import UserError
 
 WORKER_TIMEOUT_S = 900.0  # a fresh LIBERO worker imports the simulator and builds a scene (~30 s cold, more when busy)
-
-
 
 
 class _WorkerFatal(Exception):
@@ -36,7 +35,6 @@ class EnvHost:
         self.factory = factory
         self.env = None
         self.env_key = ("none",)  # matches no task until an env is built
-
 
     def run(self, cmd: str, arg):
         try:
@@ -120,8 +118,12 @@ class LocalSlot:
         self.host.close()
 
 
-def _worker_main(conn, factory) -> None:
-    """A worker process: one env, commands in, answers out, until "close" or the pipe breaks."""
+def _worker_main(conn, factory, parent: int) -> None:
+    """A worker process: one env, commands in, answers out, until "close" or the pipe breaks. It dies with the eval
+    process (`parent`): a kill -9 of `tinyvla eval` leaves no simulator rendering for nobody."""
+    from tinyvla.lifetime import die_with_parent
+
+    die_with_parent(parent)
     host = EnvHost(factory)
     try:
         while True:
@@ -151,7 +153,7 @@ class WorkerSlot:
 
     def _start(self):
         self.conn, child = self._ctx.Pipe()
-        self.proc = self._ctx.Process(target=_worker_main, args=(child, self.factory), daemon=True,
+        self.proc = self._ctx.Process(target=_worker_main, args=(child, self.factory, os.getpid()), daemon=True,
                                       name="tinyvla-env-worker")
         self.proc.start()
         child.close()

@@ -17,19 +17,16 @@ The rules, each one a fix for something a kill -9 or a second terminal once brok
 - A run directory that holds anything is refused without `--resume` (continue it) or `--overwrite` (remove the previous
   run's files, and only those). `--resume` refuses a recipe that changed in anything but the step budget.
 - One training per run directory: an exclusive lock; a second one is refused with the PID of the first.
-- Processes die with their parent: DataLoader workers and launched ranks ask the kernel for SIGKILL when their parent
-  goes (prctl PR_SET_PDEATHSIG), so a kill -9 of the trainer or of `accelerate launch` leaves nothing training.
+- Processes die with their parent (tinyvla/lifetime.py): DataLoader workers and launched ranks ask the kernel for
+  SIGKILL when their parent goes, so a kill -9 of the trainer or of `accelerate launch` leaves nothing training.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import functools
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 from tinyvla.core.atomic import (apply_umask, check_output_dir, recover_replaced_dir, replace_dir, write_json_atomic,
@@ -282,40 +279,3 @@ def _remove_leftovers(out_dir: Path) -> None:
                 recover_replaced_dir(ckpt_dir / path.name[1:-4])
             elif path.name.endswith(".tmp") and path.name.startswith(f".{CHECKPOINT_PREFIX}"):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Process lifetime
-# ------------------------------------------------------------------------------------------------------------------
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; a no-op elsewhere).
-
-    DataLoader workers and the ranks `accelerate launch` / torchrun start are children that otherwise keep running
-    when their parent is killed -9: a worker spinning on, or ranks training to the end while holding the GPUs.
-    `parent`: the PID the parent had (known to the parent); if it died before this call, we are already orphaned."""
-    parent = parent or os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def worker_dies_with_me() -> functools.partial:
-    """A DataLoader worker_init_fn that makes each worker die with this process (the one creating the loader)."""
-    return functools.partial(_init_worker, os.getpid())
-
-
-def _init_worker(parent: int, worker_id: int) -> None:
-    die_with_parent(parent)
-
-
-def launched_by_a_launcher() -> bool:
-    """True in a rank started by torchrun / accelerate launch (their agent process is our parent)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)

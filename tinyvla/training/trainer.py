@@ -38,6 +38,7 @@ from tinyvla.core.prompt import PromptSpec
 from tinyvla.envs.suites import BLOCKFIND_SUITES
 from tinyvla.errors import UserError
 from tinyvla.recipe import Recipe, save_recipe
+from tinyvla import lifetime
 from tinyvla.training import checkpoint
 from tinyvla.training.checkpoint import list_checkpoints  # noqa: F401  (the trainer's public names)
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
@@ -222,8 +223,8 @@ def train(recipe: Recipe, resume: bool = False, smoke_test: bool = False, consol
     main = accelerator.is_main_process
     log = (console.print if console else print) if main else (lambda *a, **k: None)
     set_seed(cfg.seed)
-    if checkpoint.launched_by_a_launcher():
-        checkpoint.die_with_parent()  # a kill -9 of accelerate launch / torchrun must not leave ranks training
+    if lifetime.launched_by_a_launcher():
+        lifetime.die_with_parent()  # a kill -9 of accelerate launch / torchrun must not leave ranks training
 
     # The run directory: lock it and apply the rerun rule before any data loads (training/checkpoint.py).
     ckpt_dir = out_dir / "checkpoints"
@@ -276,7 +277,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=recipe.data.num_workers, collate_fn=lambda items: processor.collate(items, padding_side="right"),
-        persistent_workers=False, worker_init_fn=checkpoint.worker_dies_with_me(),
+        persistent_workers=False, worker_init_fn=lifetime.worker_dies_with_me(),
     )
     micro_per_epoch = sampler.per_rank() // cfg.batch_size
     total_steps, accum = plan.steps, plan.grad_accum
