@@ -83,7 +83,8 @@ def run_seed(args, seed: int, out: Path) -> dict:
 
 def prepare_data(args) -> None:
     """Generate the recipe's BlockFind demos once, before parallel trainings would race to write them."""
-    from tinyvla.recipe import BLOCKFIND_SUITES, load_recipe
+    from tinyvla.envs.suites import BLOCKFIND_SUITES
+    from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
     recipe = load_recipe(Path(args.recipe), list(args.set))
