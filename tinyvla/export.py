@@ -71,11 +71,12 @@ def export_policy(ckpt: str | Path, out: str | Path, merge_lora: bool = False, d
                   push_to_hub: str | None = None, force: bool = False) -> Path:
     from tinyvla.core.atomic import write_text_atomic
     from tinyvla.modeling.loading import DTYPES
+    from tinyvla.modeling.registry import DTYPE_CHOICES
     from tinyvla.policy import Policy
     from tinyvla.policy_dir import save_policy_dir
 
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    if dtype not in DTYPE_CHOICES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
     out = Path(out)
     check_export_target(out, force)
     policy = Policy.from_pretrained(ckpt, device="cpu")

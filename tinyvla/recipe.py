@@ -28,6 +28,7 @@ from tinyvla.core.prompt import INSTRUCTION_POSITIONS
 from tinyvla.envs.blockfind import EXPERT_KINDS, EXPERT_PATHS
 from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
+from tinyvla.modeling.registry import DTYPE_CHOICES
 
 
 @dataclass
@@ -44,7 +45,7 @@ class ModelConfig:
     name: str = "qwen3-2b"  # short name (qwen3-2b ...), tiny-qwen3 / tiny-qwen2.5, arch:NAME, HF id, or local dir
     tokenizer: str | None = None  # None = the model's own; "qwen" (real vocab, offline) or "tiny" (byte-level)
     # bf16 halves memory vs fp32 with no loss seen in VLA-0; CPU runs use fp32
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    dtype: Literal[DTYPE_CHOICES] = "bf16"
     attn_implementation: str | None = "sdpa"  # sdpa | flash_attention_2 | eager
     trust_remote_code: bool = False  # stock transformers classes only, unless you really need remote code
     tiny: dict = field(default_factory=dict)  # size overrides for tiny-* models (hidden_size, num_hidden_layers, ...)
