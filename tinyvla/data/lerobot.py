@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -47,6 +46,7 @@ from tinyvla.data.parquet import RowGroups, column_to_numpy, decode_image
 from tinyvla.data.reader import EpisodeTable, select_tasks
 from tinyvla.data.video import VideoFrames, check_video_file
 from tinyvla.errors import UserError
+from tinyvla.hub import is_hub_id
 
 # Feature keys per codebase generation: v2.x is physical-intelligence/libero, v3.0 is HuggingFaceVLA/libero.
 # Each role lists candidates in order; the first present in the dataset wins unless the caller names a key.
@@ -78,17 +78,13 @@ CHECK_VIDEO_FILES = 64  # open every mp4 at start (truncation check) when a data
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _looks_like_repo_id(text: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not text.startswith((".", "/", "~"))
-
-
 def resolve_dataset_path(path_or_repo: str | os.PathLike) -> Path:
     """A local directory as is; otherwise a Hub dataset repo id, downloaded (or found in the HF cache)."""
     path = Path(os.path.expanduser(str(path_or_repo)))
     if path.exists():
         return path
     text = str(path_or_repo)
-    if not _looks_like_repo_id(text):
+    if not is_hub_id(text):
         raise UserError(f"dataset not found: {text} is not a directory and not a Hub repo id like owner/name")
     from huggingface_hub import constants, snapshot_download
 
