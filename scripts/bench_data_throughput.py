@@ -1,29 +1,33 @@
 """Training-data throughput per data worker: tinyvla beside lerobot's own LeRobotDataset, on the same files, one run.
 
-A data worker is one process; its samples/s bounds how many workers a GPU needs. Measured in one process with one
-torch thread, frames in a seeded random order (what a training epoch asks for):
+A data worker is one process; its samples/s bounds how many workers a GPU needs. Each side is measured in one process
+with one torch thread, on the same frames in the same seeded random order (what a training epoch asks for):
 
-    read       reader.sample(i, H): camera frames decoded + the next H actions (lerobot: dataset[i] with
-               delta_timestamps for the H actions, its float CHW tensors)
-    pipeline   tinyvla's whole training item: read -> crop -> colour jitter -> tile -> Qwen3-VL image processor
-               (patch 16, merge 2: 448x224 -> 196 vision tokens) -> chat template + action text -> token ids, labels
+    read       tinyvla: reader.sample(i, H) -> the cameras' uint8 frames + the next H actions + the instruction
+               lerobot: LeRobotDataset(..., delta_timestamps={"action": H steps})[i] -> its float CHW frame tensors,
+                        the H actions (+ pad flags), state, task; video through its default backend (torchcodec)
+    pipeline   the whole training item, tinyvla's ActionSampleDataset: read -> crop -> colour jitter -> tile ->
+               Qwen3-VL image processor (patch 16, merge 2: 448x224 -> 196 vision tokens) -> chat template + action
+               text -> token ids, labels, masked action augmentation. lerobot's pipeline is the SAME object and code
+               over lerobot's read: dataset[i], its frames turned back to uint8 HWC (the one extra step lerobot's float
+               tensors need), then the identical transforms, processor and tokenizer (same versions), in the side venv.
 
-Datasets (made once under --work, with lerobot 0.4.4's own writer in the side venv of scripts/make_v30_fixture.py):
+Datasets (made once under --work, with lerobot 0.4.4's own writer where lerobot reads them):
 
-    libero-png   2 x 256x256 PNG in parquet (the LIBERO image format), v3.0 (lerobot's writer) and the same frames as
-                 v2.0 (the physical-intelligence/libero schema, tinyvla's writer); 20 episodes x 100 frames
-    so101-video  2 x 640x480 AV1 mp4 (lerobot's default codec, many episodes per file), 30 fps, 10 episodes x 150
+    libero-png   2 x 256x256 PNG in parquet (the LIBERO image format, noisy renders so PNGs are realistic size), v3.0
+                 (lerobot's writer) and the same frames as v2.0 (the physical-intelligence/libero schema, tinyvla's
+                 writer; lerobot 0.4.4 refuses v2.0, so that row is tinyvla alone); 20 episodes x 100 frames
+    so101-video  2 x 640x480 AV1 mp4 (lerobot's writer and codec, many episodes per file), 30 fps, 10 episodes x 150
+                 frames, textured scenes with sensor noise (make_so101_fixture.py --texture)
 
-lerobot decodes video only through torchcodec or torchvision; neither has a build for the CPU torch here (torchcodec's
-wheels link CUDA), so on video lerobot's column is "n/a" and the comparison is with the loader pattern of lerobot's
-pyav backend and starVLA: open the file and seek for every sample (PyAV), measured here.
+lerobot runs in the side venv of scripts/make_lerobot_env.sh (benchmark only; the rows need it):
 
-    python scripts/bench_data_throughput.py --work /tmp/robot-bench [--samples 200] [--rounds 3] \
-        [--lerobot-python /tmp/robot-lerobot-venv/bin/python]
+    bash scripts/make_lerobot_env.sh /tmp/robot2-lerobot-venv
+    python scripts/bench_data_throughput.py --work /tmp/robot2-bench [--samples 200] [--rounds 3] \
+        [--lerobot-python /tmp/robot2-lerobot-venv/bin/lerobot-python]
 
-"other" is lerobot's LeRobotDataset on libero-png v3.0 and open+seek per sample on so101-video; the libero-png v2.0
-row is tinyvla alone (lerobot 0.4.4 refuses v2.0). "other read + tinyvla transforms" adds the measured per-sample
-transform time (pipeline minus read) to the other loader's read time: the same transforms after either loader.
+Rounds alternate the two sides (tinyvla in this process, lerobot in a fresh side-venv process) so a busy neighbour
+slows both about equally; ratios are taken within a round, then mean [min-max] over rounds.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 HORIZON = 8
 LIBERO_EPISODES, LIBERO_LEN, LIBERO_SIZE = 20, 100, 256
 TASKS = ["put the bowl on the plate", "open the top drawer", "turn on the stove"]
+SIDE_VENV = "/tmp/robot2-lerobot-venv"
 
 
 def libero_episode(n: int):
@@ -67,60 +73,6 @@ def libero_episode(n: int):
     return TASKS[n % len(TASKS)], image, wrist, state, actions
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Side venv (lerobot): writing the v3.0 LIBERO-format data, and lerobot's read rate
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def lerobot_write_libero(out: Path) -> None:
-    sys.path.insert(0, str(HERE))
-    from make_v30_fixture import stub_torchvision
-
-    stub_torchvision()
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    img = {"dtype": "image", "shape": (LIBERO_SIZE, LIBERO_SIZE, 3), "names": ["height", "width", "channel"]}
-    features = {"observation.images.image": img, "observation.images.image2": dict(img),
-                "observation.state": {"dtype": "float32", "shape": (8,), "names": None},
-                "action": {"dtype": "float32", "shape": (7,), "names": None}}
-    ds = LeRobotDataset.create(repo_id="bench/libero", fps=10, features=features, root=out, robot_type="panda",
-                               use_videos=False)
-    for n in range(LIBERO_EPISODES):
-        task, image, wrist, state, actions = libero_episode(n)
-        for k in range(LIBERO_LEN):
-            ds.add_frame({"observation.images.image": image[k], "observation.images.image2": wrist[k],
-                          "observation.state": state[k], "action": actions[k], "task": task})
-        ds.save_episode()
-    ds.finalize()
-
-
-def lerobot_read_rate(root: Path, order: list[int]) -> dict:
-    sys.path.insert(0, str(HERE))
-    from make_v30_fixture import stub_torchvision
-
-    stub_torchvision()
-    import torch
-
-    torch.set_num_threads(1)
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
-    ds = LeRobotDataset("bench/x", root=root, delta_timestamps={"action": [k / fps for k in range(HORIZON)]})
-    for i in order[:5]:
-        ds[i]  # warm-up: opens files, fills caches
-    t = time.perf_counter()
-    for i in order:
-        item = ds[i]
-    dt = time.perf_counter() - t
-    assert tuple(item["action"].shape) == (HORIZON, 7)
-    return {"read": len(order) / dt}
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Main venv (tinyvla)
-# ------------------------------------------------------------------------------------------------------------------
-
-
 def pipeline(reader):
     """tinyvla's training item builder with the Qwen3-VL-2B image settings and the real Qwen vocabulary."""
     from tinyvla.core.codec import ActionCodec, ActionStats
@@ -144,29 +96,78 @@ def pipeline(reader):
 
 def rate(fn, order) -> float:
     for i in order[:5]:
-        fn(i)
+        fn(i)  # warm-up: opens files, fills caches
     t = time.perf_counter()
     for i in order:
         fn(i)
     return len(order) / (time.perf_counter() - t)
 
 
-def reopen_seek_rate(reader, order) -> float:
-    """The per-sample open + seek loader (lerobot's pyav backend, starVLA): each view opens its mp4, seeks, decodes."""
-    import av
+# ------------------------------------------------------------------------------------------------------------------
+# Side venv (lerobot): writing the v3.0 LIBERO-format data, and lerobot's rates
+# ------------------------------------------------------------------------------------------------------------------
 
-    def read(i):
-        e, k = reader.episodes.locate(i)
-        for path, offset in reader._ep_videos[e].values():
-            ts = offset + k / reader.fps
-            with av.open(str(path)) as c:
-                s = c.streams.video[0]
-                c.seek(int(ts / s.time_base), stream=s, backward=True)
-                for f in c.decode(s):
-                    if f.time >= ts - 0.5 / reader.fps:
-                        f.to_ndarray(format="rgb24")
-                        break
-    return rate(read, order)
+
+def lerobot_write_libero(out: Path) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    img = {"dtype": "image", "shape": (LIBERO_SIZE, LIBERO_SIZE, 3), "names": ["height", "width", "channel"]}
+    features = {"observation.images.image": img, "observation.images.image2": dict(img),
+                "observation.state": {"dtype": "float32", "shape": (8,), "names": None},
+                "action": {"dtype": "float32", "shape": (7,), "names": None}}
+    ds = LeRobotDataset.create(repo_id="bench/libero", fps=10, features=features, root=out, robot_type="panda",
+                               use_videos=False)
+    for n in range(LIBERO_EPISODES):
+        task, image, wrist, state, actions = libero_episode(n)
+        for k in range(LIBERO_LEN):
+            ds.add_frame({"observation.images.image": image[k], "observation.images.image2": wrist[k],
+                          "observation.state": state[k], "action": actions[k], "task": task})
+        ds.save_episode()
+    ds.finalize()
+
+
+class LerobotSamples:
+    """lerobot's LeRobotDataset behind the reader contract ActionSampleDataset uses: dataset[i] -> uint8 HWC views
+    (in tinyvla's camera order), the next H actions, the task."""
+
+    def __init__(self, ds, cameras: list[str]):
+        self.ds, self.cameras = ds, cameras
+
+    def __len__(self):
+        return len(self.ds)
+
+    def actions(self) -> np.ndarray:
+        return np.stack(self.ds.hf_dataset.with_format("numpy")["action"]).astype(np.float32)
+
+    def sample(self, i: int, horizon: int) -> dict:
+        import torch
+
+        item = self.ds[i]
+        views = [(item[k] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for k in self.cameras]
+        return {"views": views, "actions": item["action"].numpy()[:horizon], "instruction": item["task"]}
+
+
+def lerobot_rates(root: Path, cameras: list[str], order: list[int], pipe_order: list[int]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    import lerobot
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
+    ds = LeRobotDataset("bench/x", root=root, delta_timestamps={"action": [k / fps for k in range(HORIZON)]})
+    read = rate(ds.__getitem__, order)
+    item = ds[order[0]]
+    assert tuple(item["action"].shape)[0] == HORIZON
+    pipe = pipeline(LerobotSamples(ds, cameras))
+    return {"read": read, "pipeline": rate(pipe.__getitem__, pipe_order),
+            "backend": ds.video_backend if ds.meta.video_keys else "parquet (datasets)",
+            "versions": f"lerobot {lerobot.__version__}, torch {torch.__version__}"}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Main venv (tinyvla)
+# ------------------------------------------------------------------------------------------------------------------
 
 
 def make_data(work: Path, side_python: str) -> dict:
@@ -183,26 +184,44 @@ def make_data(work: Path, side_python: str) -> dict:
     if not paths["video"].exists():
         tmp = work / "so101_tmp"
         subprocess.run([side_python, str(HERE / "make_so101_fixture.py"), str(tmp), "--size", "480x640",
-                        "--episodes", "10", "--length", "150", "--only", "2cam"], check=True, env=env)
+                        "--episodes", "10", "--length", "150", "--only", "2cam", "--texture"], check=True, env=env)
         (tmp / "so101_2cam_v30").rename(paths["video"])
     return paths
 
 
+def side_rates(side_python: str, root: Path, cameras: list[str], order: list[int], pipe_order: list[int]) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "BENCH_ARGS": json.dumps({"cameras": cameras, "order": order, "pipe_order": pipe_order})}
+    run = subprocess.run([side_python, __file__, "--lerobot-rates", str(root)], env=env, capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        sys.exit(f"lerobot's side process failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def fmt(values, digits=0):
+    v = np.asarray(values)
+    return f"{v.mean():.{digits}f} [{v.min():.{digits}f}-{v.max():.{digits}f}]"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", default="/tmp/robot-bench")
+    p.add_argument("--work", default="/tmp/robot2-bench")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cache-mb", type=int, default=256, help="tinyvla's row-group cache per worker (0: 4 groups)")
-    p.add_argument("--lerobot-python", default="/tmp/robot-lerobot-venv/bin/python")
+    p.add_argument("--lerobot-python", default=f"{SIDE_VENV}/bin/lerobot-python",
+                   help="the side venv's python wrapper (scripts/make_lerobot_env.sh)")
     p.add_argument("--write-libero", help=argparse.SUPPRESS)
-    p.add_argument("--lerobot-rate", help=argparse.SUPPRESS)
+    p.add_argument("--lerobot-rates", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.write_libero:
         return lerobot_write_libero(Path(args.write_libero))
-    if args.lerobot_rate:
-        order = json.loads(os.environ["BENCH_ORDER"])
-        return print(json.dumps(lerobot_read_rate(Path(args.lerobot_rate), order)))
+    if args.lerobot_rates:
+        a = json.loads(os.environ["BENCH_ARGS"])
+        return print(json.dumps(lerobot_rates(Path(args.lerobot_rates), a["cameras"], a["order"], a["pipe_order"])))
+    if not Path(args.lerobot_python).exists():
+        sys.exit(f"no side venv at {args.lerobot_python}: run bash scripts/make_lerobot_env.sh first")
 
     import torch
 
@@ -212,53 +231,46 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = make_data(work, args.lerobot_python)
-    sets = [("libero-png v3.0", "v30"), ("libero-png v2.0", "v20"), ("so101-video v3.0", "video")]
-    readers = {key: LeRobotDataset(paths[key], cache_mb=args.cache_mb) for _, key in sets}
+    sets = [("libero-png v3.0", "v30", True), ("libero-png v2.0", "v20", False), ("so101-video v3.0", "video", True)]
+    readers = {key: LeRobotDataset(paths[key], cache_mb=args.cache_mb) for _, key, _ in sets}
     pipes = {key: pipeline(r) for key, r in readers.items()}
     orders = {key: np.random.default_rng(0).permutation(len(r))[: args.samples].tolist() for key, r in readers.items()}
     # the pipeline pass reads other frames than the read pass, so it does not run on groups the read pass cached
     pipe_orders = {key: np.random.default_rng(1).permutation(len(r))[: args.samples].tolist()
                    for key, r in readers.items()}
-    runs: dict = {key: {} for _, key in sets}
-    # Rounds alternate the loaders so a busy neighbour slows each about equally; ratios are taken within a round.
+    runs: dict = {key: {} for _, key, _ in sets}
+    backends = {}
     for rnd in range(args.rounds):
-        for name, key in sets:
-            r, order, got = readers[key], orders[key], runs[key]
-            got.setdefault("read", []).append(rate(lambda i: r.sample(i, HORIZON), order))
+        for name, key, with_lerobot in sets:
+            r, got = readers[key], runs[key]
+            got.setdefault("read", []).append(rate(lambda i: r.sample(i, HORIZON), orders[key]))
             got.setdefault("pipeline", []).append(rate(pipes[key].__getitem__, pipe_orders[key]))
-            if key == "v30":
-                env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_ORDER": json.dumps(order), "OMP_NUM_THREADS": "1"}
-                out = subprocess.run([args.lerobot_python, __file__, "--lerobot-rate", str(paths[key])], check=True,
-                                     env=env, capture_output=True, text=True).stdout
-                got.setdefault("other", []).append(json.loads(out.strip().splitlines()[-1])["read"])
-            if key == "video":
-                got.setdefault("other", []).append(reopen_seek_rate(r, order))
-            print(json.dumps({"round": rnd, "data": name, **{k: v[-1] for k, v in got.items()}}), flush=True)
+            if with_lerobot:
+                side = side_rates(args.lerobot_python, paths[key], list(r.cameras), orders[key], pipe_orders[key])
+                got.setdefault("lerobot read", []).append(side["read"])
+                got.setdefault("lerobot pipeline", []).append(side["pipeline"])
+                backends[key] = (side["backend"], side["versions"])
+            print(json.dumps({"round": rnd, "data": name, **{k: round(v[-1], 2) for k, v in got.items()}}), flush=True)
 
-    def fmt(values, digits=0):
-        v = np.asarray(values)
-        return f"{v.mean():.{digits}f} [{v.min():.{digits}f}-{v.max():.{digits}f}]"
-
-    print(f"\nsamples/s per worker, mean [min-max] over {args.rounds} rounds of {args.samples} random frames, "
-          f"row-group cache {args.cache_mb} MB")
-    print("| data | tinyvla read | other read | read ratio | tinyvla pipeline | other read + tinyvla transforms "
+    print(f"\nsamples/s per worker (one process, one thread), mean [min-max] over {args.rounds} rounds of "
+          f"{args.samples} random frames; tinyvla row-group cache {args.cache_mb} MB")
+    for key, (backend, versions) in backends.items():
+        print(f"lerobot side ({key}): {versions}, reading through {backend}")
+    print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
           "| pipeline ratio |")
     print("|---|---|---|---|---|---|---|")
-    for name, key in sets:
+    for name, key, with_lerobot in sets:
         g = runs[key]
         read, pipe = np.asarray(g["read"]), np.asarray(g["pipeline"])
         row = [f"{name} ({len(readers[key])} frames)", fmt(read)]
-        if "other" in g:
-            other = np.asarray(g["other"])
-            # the same transforms after the other loader's read: per-sample times add
-            other_pipe = 1 / (1 / other + (1 / pipe - 1 / read))
-            row += [fmt(other), fmt(read / other, 1) + "x", fmt(pipe, 1), fmt(other_pipe, 1),
-                    fmt(pipe / other_pipe, 2) + "x"]
+        if with_lerobot:
+            lr, lp = np.asarray(g["lerobot read"]), np.asarray(g["lerobot pipeline"])
+            row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
         else:
-            row += ["-", "-", fmt(pipe, 1), "-", "-"]
+            row += ["(lerobot 0.4.4 refuses v2.0)", "-", fmt(pipe, 1), "-", "-"]
         print("| " + " | ".join(row) + " |")
-    slowest = min(np.mean(runs[key]["pipeline"]) for _, key in sets)
-    print(f"\nworkers for 50 samples/s at the slowest mean pipeline rate ({slowest:.1f}/s per worker): "
+    slowest = min(np.mean(runs[key]["pipeline"]) for _, key, _ in sets)
+    print(f"\nworkers for 50 samples/s at the slowest mean tinyvla pipeline rate ({slowest:.1f}/s per worker): "
           f"{int(np.ceil(50 / slowest))}")
 
 

@@ -7,15 +7,17 @@ degrees, gripper 0-100), 30 fps, robot_type `so101_follower`, a few tasks. These
     so101_2cam_v30   cameras observation.images.front, observation.images.wrist            24 episodes, 3 tasks
     so101_3cam_v30   cameras observation.images.front, observation.images.wrist, ...top    20 episodes, 2 tasks
 
-Run it in the side venv of scripts/make_v30_fixture.py (lerobot 0.4.4 cannot live in the project venv), plus
-`accelerate`, which lerobot.utils imports (`pip install -c constraints-cpu.txt accelerate`):
+Run it in the side venv of scripts/make_lerobot_env.sh (lerobot 0.4.4 cannot live in the project venv; the older
+one of scripts/make_v30_fixture.py plus `accelerate` works too):
 
-    HF_HUB_OFFLINE=1 /tmp/robot-lerobot-venv/bin/python scripts/make_so101_fixture.py [OUT_DIR] [--size HxW]
+    /tmp/robot2-lerobot-venv/bin/lerobot-python scripts/make_so101_fixture.py [OUT_DIR] [--size HxW]
 
 The data is synthetic and seeded: per episode a cube at a random place; the arm's joints move smoothly from a rest
 pose to a pose that depends on the cube and the task, the gripper closes near the end. The cameras draw the cube (in
 the task's colour) and the gripper's position, so the images carry what the actions depend on. Small images (48x64)
-keep the committed fixture at a few hundred kB; pass --size 480x640 for a realistic one (the throughput benchmark).
+keep the committed fixture at a few hundred kB; pass --size 480x640 --texture for a realistic one (the throughput
+benchmark): textured backgrounds that move with the wrist camera and sensor grain, so the video encodes to a real
+camera's bitrate and decodes at a real camera's cost (flat synthetic frames decode several times faster).
 """
 
 from __future__ import annotations
@@ -39,8 +41,25 @@ REST = np.array([0.0, -100.0, 95.0, 70.0, 0.0, 30.0], np.float32)  # roughly an 
 FPS = 30
 
 
-def episode(rng: np.random.Generator, task: int, length: int, size: tuple[int, int], cameras: list[str]):
-    """(frames per camera, state (T, 6), action (T, 6)) of one synthetic episode."""
+def textures(rng: np.random.Generator, size: tuple[int, int], cameras: list[str]) -> tuple[dict, np.ndarray]:
+    """Per camera a background (smooth blotches of colour + fine grain, twice the frame's width so the wrist camera
+    can pan over it), and a bank of sensor-noise frames to cycle through."""
+    from PIL import Image
+
+    h, w = size
+    backs = {}
+    for cam in cameras:
+        low = rng.integers(40, 200, (max(2, h // 24), max(2, w // 12), 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(low).resize((2 * w, h), Image.BILINEAR), np.int16)
+        backs[cam] = np.clip(smooth + rng.integers(-12, 13, smooth.shape), 0, 255).astype(np.int16)
+    grain = rng.integers(-4, 5, (8, h, w, 3)).astype(np.int16)
+    return backs, grain
+
+
+def episode(rng: np.random.Generator, task: int, length: int, size: tuple[int, int], cameras: list[str],
+            texture: np.random.Generator | None = None):
+    """(frames per camera, state (T, 6), action (T, 6)) of one synthetic episode; `texture` (a generator of its own,
+    so the plain fixture's frames do not change) draws textured, noisy frames instead of flat ones."""
     h, w = size
     cube = rng.uniform([-0.6, 0.2], [0.6, 0.9])  # cube on the table: x in [-1, 1] left-right, y in [0, 1] far
     goal = REST.copy()
@@ -58,12 +77,16 @@ def episode(rng: np.random.Generator, task: int, length: int, size: tuple[int, i
 
     frames = {cam: np.zeros((length, h, w, 3), np.uint8) for cam in cameras}
     s = max(2, h // 8)  # cube / gripper marker size in pixels
+    backs, grain = textures(texture, size, cameras) if texture is not None else (None, None)
     for k in range(length):
         # the gripper's place on the table, from pan (left-right) and lift (far-near)
         gx = np.clip(state[k, 0] / 45.0, -1, 1)
         gy = np.clip((state[k, 1] + 100.0) / 80.0, 0, 1)
         for cam, img in frames.items():
             img[k] = (60, 60, 60) if "front" in cam else (90, 80, 70) if "wrist" in cam else (50, 70, 50)
+            if backs is not None:  # the wrist camera pans with the arm; the fixed cameras see a still scene
+                shift = int((gx + 1) / 2 * w) if "wrist" in cam else 0
+                img[k] = np.clip(backs[cam][:, shift: shift + w] + grain[k % len(grain)], 0, 255)
             if "wrist" in cam:  # egocentric: the cube's offset from the gripper, grown as it gets closer
                 cx, cy = w / 2 + (cube[0] - gx) * w / 2, h / 2 + (cube[1] - gy) * h / 2
                 grip = int(s * (1 + state[k, 5] / 30))
@@ -83,7 +106,7 @@ def episode(rng: np.random.Generator, task: int, length: int, size: tuple[int, i
 
 
 def write(out: Path, cameras: list[str], n_episodes: int, n_tasks: int, size: tuple[int, int], seed: int,
-          length: int = 0) -> None:
+          length: int = 0, texture: bool = False) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     names = [f"{j}.pos" for j in JOINTS]
@@ -98,10 +121,11 @@ def write(out: Path, cameras: list[str], n_episodes: int, n_tasks: int, size: tu
     ds = LeRobotDataset.create(repo_id=f"tinyvla/{out.name}", fps=FPS, features=features, root=out,
                                robot_type="so101_follower", use_videos=True)
     rng = np.random.default_rng(seed)
+    tex = np.random.default_rng(seed + 1000) if texture else None
     for n in range(n_episodes):
         task = n % n_tasks
         steps = length or int(rng.integers(16, 31))  # 0.5-1 s at 30 fps: short, like the tail of a real grasp
-        frames, state, action = episode(rng, task, steps, size, cameras)
+        frames, state, action = episode(rng, task, steps, size, cameras, tex)
         for k in range(steps):
             row = {cam: frames[cam][k] for cam in cameras}
             ds.add_frame({**row, "observation.state": state[k], "action": action[k], "task": TASKS[task]})
@@ -118,16 +142,18 @@ def main():
     p.add_argument("--episodes", type=int, default=0, help="episodes per dataset (0 = the fixture's 24 / 20)")
     p.add_argument("--length", type=int, default=0, help="frames per episode (0 = 16-30, the fixture's)")
     p.add_argument("--only", choices=["2cam", "3cam"], help="write one of the two datasets")
+    p.add_argument("--texture", action="store_true", help="textured, noisy frames (a real camera's bitrate)")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     stub_torchvision()
     out = Path(args.out)
     cams = ["observation.images.front", "observation.images.wrist"]
     if args.only != "3cam":
-        write(out / "so101_2cam_v30", cams, args.episodes or 24, 3, size, seed=0, length=args.length)
+        write(out / "so101_2cam_v30", cams, args.episodes or 24, 3, size, seed=0, length=args.length,
+              texture=args.texture)
     if args.only != "2cam":
         write(out / "so101_3cam_v30", cams + ["observation.images.top"], args.episodes or 20, 2, size, seed=1,
-              length=args.length)
+              length=args.length, texture=args.texture)
 
 
 if __name__ == "__main__":

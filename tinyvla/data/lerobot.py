@@ -415,21 +415,23 @@ class LeRobotDataset:
         if not self.cameras:
             raise UserError(f"{self.root} has no camera features (image or video); a policy needs at least one")
         videos = self._ep_videos[e]
-        needed = [key for key in (*self.cameras, self.state_key) if key is not None and key not in videos]
+        # image cameras are read from their data page alone (pages.py); the small columns from a cached row group
+        needed = [key for key in (self.state_key,) if key is not None]
         if videos:
             needed.append("timestamp")
-        table, row = self._rows.row(self._files[self._ep_file[e]], int(self._ep_row[e]) + k, needed)
+        path, file_row = self._files[self._ep_file[e]], int(self._ep_row[e]) + k
+        table, row = self._rows.row(path, file_row, needed) if needed else (None, 0)
         where = f"{self.root.name} episode {ep} frame {k}"
         views = []
         for key in self.cameras:
             if key in videos:
-                path, offset = videos[key]
+                video, offset = videos[key]
                 ts = offset + float(table.column("timestamp")[row].as_py())
                 # half a frame period: lerobot's own tolerance is 1e-4 s, but re-muxed files drift slightly
                 tol = 0.5 / (self.fps or 10)
-                views.append(self._video.frame(path, ts, tol, f"{where} ({key})"))
+                views.append(self._video.frame(video, ts, tol, f"{where} ({key})"))
             else:
-                views.append(decode_image(table.column(key)[row].as_py(), f"{where} ({key})", self.root))
+                views.append(decode_image(self._rows.image_cell(path, file_row, key), f"{where} ({key})", self.root))
         out["views"] = views
         out["image"] = views[0]
         if len(views) > 1:

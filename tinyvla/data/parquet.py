@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tinyvla.data.pages import PageReader
 from tinyvla.data.reader import ForkSafeCache
 from tinyvla.errors import UserError
 
@@ -53,28 +54,56 @@ def decode_image(cell, where: str, root: Path | None = None) -> np.ndarray:
             from None
 
 
-class RowGroups:
-    """Parquet row groups (only the columns a sample needs), read memory-mapped and kept in a fork-safe LRU keyed by
-    (file, row group, columns): a sample's cameras and state come from one read, and later frames of the same group
-    hit. A row group is the smallest unit parquet reads (lerobot writes ~100 frames, ~20 MB of PNG, per group), so
-    random access pays one group read per miss; the LRU holds about `cache_mb` of groups per process."""
+def _close_parquet(file: pq.ParquetFile) -> None:
+    file.close()
 
-    def __init__(self, cache_mb: int = 256):
+
+class RowGroups:
+    """Rows of parquet files. Image cells come from the one data page holding them (pages.py: ~1 ms for a LIBERO
+    PNG), the small columns (state, timestamp) from row groups read memory-mapped and kept in a fork-safe LRU keyed by
+    (file, row group, columns). A row group is the smallest unit pyarrow reads (lerobot writes ~100 frames, ~20 MB of
+    PNG, per group), so where a page read is not possible an image costs a group read per miss; each LRU holds about
+    `cache_mb` of groups per process.
+
+    The files stay open (memory-mapped) between misses: opening one per miss maps it afresh and page-faults every byte
+    of the group again, which made a miss ~3x dearer (30 vs 10 ms for two 10 MB PNG columns, bench_data_throughput)."""
+
+    def __init__(self, cache_mb: int = 256, open_files: int = 8):
         self.cache_mb = cache_mb
-        self.tables = ForkSafeCache(4)
+        self.tables = ForkSafeCache(4)  # the small columns (state, timestamp)
+        self.image_tables = ForkSafeCache(4)  # image columns, where a page read is not possible
+        self.files = ForkSafeCache(open_files, close=_close_parquet)
+        self.pages = PageReader()
         self.starts: dict[Path, np.ndarray] = {}
 
-    def _read(self, path: Path, group: int, columns: list[str]) -> pa.Table:
-        table = pq.ParquetFile(path, memory_map=True).read_row_group(group, columns=columns)
-        if len(self.tables) == 0:  # size the LRU by the first group's bytes
-            self.tables.size = max(4, int(self.cache_mb * 1e6 // max(1, table.nbytes)))
-        return table
+    def _group(self, cache: ForkSafeCache, path: Path, group: int, columns: list[str]) -> pa.Table:
+        def read():
+            file = self.files.get(path, lambda: pq.ParquetFile(path, memory_map=True))
+            table = file.read_row_group(group, columns=columns)
+            if len(cache) == 0:  # size the LRU by the first group's bytes
+                cache.size = max(4, int(self.cache_mb * 1e6 // max(1, table.nbytes)))
+            return table
 
-    def row(self, path: Path, row: int, columns: list[str]) -> tuple[pa.Table, int]:
+        return cache.get((path, group, tuple(columns)), read)
+
+    def _locate(self, path: Path, row: int) -> tuple[int, int]:
+        """File row -> (row group, row within it)."""
         starts = self.starts.get(path)
         if starts is None:
             md = pq.ParquetFile(path).metadata
             starts = self.starts[path] = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
         group = int(np.searchsorted(starts, row, side="right") - 1)
-        table = self.tables.get((path, group, tuple(columns)), lambda: self._read(path, group, columns))
-        return table, row - int(starts[group])
+        return group, row - int(starts[group])
+
+    def row(self, path: Path, row: int, columns: list[str]) -> tuple[pa.Table, int]:
+        group, local = self._locate(path, row)
+        return self._group(self.tables, path, group, columns), local
+
+    def image_cell(self, path: Path, row: int, column: str):
+        """An image column's cell {bytes, path} at `row`: from the one data page holding its bytes when the layout
+        allows (pages.py), else from the cached row group."""
+        group, local = self._locate(path, row)
+        data = self.pages.value(path, group, local, f"{column}.bytes")
+        if data is not None:
+            return {"bytes": data, "path": None}
+        return self._group(self.image_tables, path, group, [column]).column(column)[local].as_py()
