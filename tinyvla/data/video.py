@@ -47,6 +47,9 @@ class _OpenVideo:
         try:
             self.container = av.open(str(path))
             self.stream = self.container.streams.video[0]
+            # one decoding thread: a data worker is one process and the parallelism is the number of workers (FFmpeg's
+            # default starts a thread per core in every worker, and the per-worker figures would borrow other cores)
+            self.stream.codec_context.thread_count = 1
         except Exception as err:
             raise UserError(f"cannot open video {path} ({type(err).__name__}: {err}); the file is corrupt or "
                             "not a video") from None
@@ -61,8 +64,10 @@ class _OpenVideo:
         self.container.close()
 
     def _seek(self, ts: float) -> None:
-        self.container.seek(max(0, int(ts / self.stream.time_base)), stream=self.stream, backward=True,
-                            any_frame=False)
+        # a quarter period past `ts`: a time a hair before the frame's own pts (float rounding) would land on the
+        # keyframe before, decoding a whole group more; the next frame is still a full period away
+        target = (ts + 0.25 * self.period) / self.stream.time_base
+        self.container.seek(max(0, int(target)), stream=self.stream, backward=True, any_frame=False)
         self.decoder = self.container.decode(self.stream)
         self.recent.clear()
         self.seeks += 1
