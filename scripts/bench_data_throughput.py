@@ -26,8 +26,9 @@ lerobot runs in the side venv of scripts/make_lerobot_env.sh (benchmark only; th
     python scripts/bench_data_throughput.py --work /tmp/robot2-bench [--samples 200] [--rounds 3] \
         [--lerobot-python /tmp/robot2-lerobot-venv/bin/lerobot-python]
 
-Rounds alternate the two sides (tinyvla in this process, lerobot in a fresh side-venv process) so a busy neighbour
-slows both about equally; ratios are taken within a round, then mean [min-max] over rounds.
+tinyvla runs in this process, lerobot in one side-venv process kept for the whole dataset; both warm up first, then
+take turns every --chunk frames on the same frames, so a busy neighbour slows both alike. Ratios are taken within a
+round (fresh random frames each), then mean [min-max] over rounds.
 """
 
 from __future__ import annotations
@@ -94,15 +95,6 @@ def pipeline(reader):
                                mask_token_id=mask_token_id(processor, "?"))
 
 
-def rate(fn, order) -> float:
-    for i in order[:5]:
-        fn(i)  # warm-up: opens files, fills caches
-    t = time.perf_counter()
-    for i in order:
-        fn(i)
-    return len(order) / (time.perf_counter() - t)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Side venv (lerobot): writing the v3.0 LIBERO-format data, and lerobot's rates
 # ------------------------------------------------------------------------------------------------------------------
@@ -147,7 +139,9 @@ class LerobotSamples:
         return {"views": views, "actions": item["action"].numpy()[:horizon], "instruction": item["task"]}
 
 
-def lerobot_rates(root: Path, cameras: list[str], order: list[int], pipe_order: list[int]) -> dict:
+def lerobot_server(root: Path, cameras: list[str]) -> None:
+    """The side process: open lerobot's dataset and the same pipeline over it, then time what stdin asks for, one
+    JSON line each way ({"what": "read" | "pipeline", "frames": [...]} -> {"seconds": ...})."""
     import torch
 
     torch.set_num_threads(1)
@@ -156,13 +150,45 @@ def lerobot_rates(root: Path, cameras: list[str], order: list[int], pipe_order: 
 
     fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
     ds = LeRobotDataset("bench/x", root=root, delta_timestamps={"action": [k / fps for k in range(HORIZON)]})
-    read = rate(ds.__getitem__, order)
-    item = ds[order[0]]
-    assert tuple(item["action"].shape)[0] == HORIZON
-    pipe = pipeline(LerobotSamples(ds, cameras))
-    return {"read": read, "pipeline": rate(pipe.__getitem__, pipe_order),
-            "backend": ds.video_backend if ds.meta.video_keys else "parquet (datasets)",
-            "versions": f"lerobot {lerobot.__version__}, torch {torch.__version__}"}
+    assert tuple(ds[0]["action"].shape)[0] == HORIZON
+    steps = {"read": ds.__getitem__, "pipeline": pipeline(LerobotSamples(ds, cameras)).__getitem__}
+    print(json.dumps({"backend": ds.video_backend if ds.meta.video_keys else "parquet (datasets)",
+                      "versions": f"lerobot {lerobot.__version__}, torch {torch.__version__}"}), flush=True)
+    for line in sys.stdin:
+        ask = json.loads(line)
+        print(json.dumps({"seconds": timed(steps[ask["what"]], ask["frames"])}), flush=True)
+
+
+def timed(fn, frames) -> float:
+    t = time.perf_counter()
+    for i in frames:
+        fn(i)
+    return time.perf_counter() - t
+
+
+class Side:
+    """lerobot's side of the comparison, alive for the whole run (started once, warmed up like tinyvla's side)."""
+
+    def __init__(self, python: str, root: Path, cameras: list[str]):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([python, __file__, "--lerobot-server", str(root), "--cameras", *cameras],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._answer()
+
+    def _answer(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"lerobot's side process failed (exit {self.proc.wait()}); its error is above")
+        return json.loads(line)
+
+    def seconds(self, what: str, frames: list[int]) -> float:
+        self.proc.stdin.write(json.dumps({"what": what, "frames": frames}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()["seconds"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,37 +215,57 @@ def make_data(work: Path, side_python: str) -> dict:
     return paths
 
 
-def side_rates(side_python: str, root: Path, cameras: list[str], order: list[int], pipe_order: list[int]) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "BENCH_ARGS": json.dumps({"cameras": cameras, "order": order, "pipe_order": pipe_order})}
-    run = subprocess.run([side_python, __file__, "--lerobot-rates", str(root)], env=env, capture_output=True,
-                         text=True)
-    if run.returncode != 0:
-        sys.exit(f"lerobot's side process failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def fmt(values, digits=0):
     v = np.asarray(values)
     return f"{v.mean():.{digits}f} [{v.min():.{digits}f}-{v.max():.{digits}f}]"
 
 
+def measure(name, reader, pipe, side, args) -> dict:
+    """Per round: the same random frames through both sides, in chunks that alternate between them (so a busy
+    neighbour slows both alike), for the read and then the whole pipeline (other frames). -> {step: [rate per round]}"""
+    steps = {"read": lambda i: reader.sample(i, HORIZON), "pipeline": pipe.__getitem__}
+    warm = list(range(0, len(reader), max(1, len(reader) // 5)))[:5]
+    for what, fn in steps.items():  # warm-up: opens files, fills caches, on both sides
+        timed(fn, warm)
+        if side:
+            side.seconds(what, warm)
+    got: dict = {}
+    for rnd in range(args.rounds):
+        for what, fn in steps.items():
+            seed = rnd if what == "read" else 1000 + rnd  # the pipeline reads other frames than the read pass
+            order = np.random.default_rng(seed).permutation(len(reader))[: args.samples].tolist()
+            ours = theirs = 0.0
+            for c, start in enumerate(range(0, len(order), args.chunk)):
+                chunk = order[start: start + args.chunk]
+                if side and c % 2:  # alternate who goes first
+                    theirs += side.seconds(what, chunk)
+                ours += timed(fn, chunk)
+                if side and not c % 2:
+                    theirs += side.seconds(what, chunk)
+            got.setdefault(what, []).append(len(order) / ours)
+            if side:
+                got.setdefault(f"lerobot {what}", []).append(len(order) / theirs)
+        print(json.dumps({"round": rnd, "data": name, **{k: round(v[-1], 2) for k, v in got.items()}}), flush=True)
+    return got
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/robot2-bench")
-    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--samples", type=int, default=200, help="random frames per round and step")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=10, help="frames per turn when alternating the two sides")
     p.add_argument("--cache-mb", type=int, default=256, help="tinyvla's row-group cache per worker (0: 4 groups)")
     p.add_argument("--lerobot-python", default=f"{SIDE_VENV}/bin/lerobot-python",
                    help="the side venv's python wrapper (scripts/make_lerobot_env.sh)")
     p.add_argument("--write-libero", help=argparse.SUPPRESS)
-    p.add_argument("--lerobot-rates", help=argparse.SUPPRESS)
+    p.add_argument("--lerobot-server", help=argparse.SUPPRESS)
+    p.add_argument("--cameras", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.write_libero:
         return lerobot_write_libero(Path(args.write_libero))
-    if args.lerobot_rates:
-        a = json.loads(os.environ["BENCH_ARGS"])
-        return print(json.dumps(lerobot_rates(Path(args.lerobot_rates), a["cameras"], a["order"], a["pipe_order"])))
+    if args.lerobot_server:
+        return lerobot_server(Path(args.lerobot_server), args.cameras)
     if not Path(args.lerobot_python).exists():
         sys.exit(f"no side venv at {args.lerobot_python}: run bash scripts/make_lerobot_env.sh first")
 
@@ -232,37 +278,30 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     paths = make_data(work, args.lerobot_python)
     sets = [("libero-png v3.0", "v30", True), ("libero-png v2.0", "v20", False), ("so101-video v3.0", "video", True)]
-    readers = {key: LeRobotDataset(paths[key], cache_mb=args.cache_mb) for _, key, _ in sets}
-    pipes = {key: pipeline(r) for key, r in readers.items()}
-    orders = {key: np.random.default_rng(0).permutation(len(r))[: args.samples].tolist() for key, r in readers.items()}
-    # the pipeline pass reads other frames than the read pass, so it does not run on groups the read pass cached
-    pipe_orders = {key: np.random.default_rng(1).permutation(len(r))[: args.samples].tolist()
-                   for key, r in readers.items()}
-    runs: dict = {key: {} for _, key, _ in sets}
-    backends = {}
-    for rnd in range(args.rounds):
-        for name, key, with_lerobot in sets:
-            r, got = readers[key], runs[key]
-            got.setdefault("read", []).append(rate(lambda i: r.sample(i, HORIZON), orders[key]))
-            got.setdefault("pipeline", []).append(rate(pipes[key].__getitem__, pipe_orders[key]))
-            if with_lerobot:
-                side = side_rates(args.lerobot_python, paths[key], list(r.cameras), orders[key], pipe_orders[key])
-                got.setdefault("lerobot read", []).append(side["read"])
-                got.setdefault("lerobot pipeline", []).append(side["pipeline"])
-                backends[key] = (side["backend"], side["versions"])
-            print(json.dumps({"round": rnd, "data": name, **{k: round(v[-1], 2) for k, v in got.items()}}), flush=True)
+    runs, sizes, sides = {}, {}, {}
+    for name, key, with_lerobot in sets:
+        reader = LeRobotDataset(paths[key], cache_mb=args.cache_mb)
+        side = Side(args.lerobot_python, paths[key], list(reader.cameras)) if with_lerobot else None
+        try:
+            runs[key] = measure(name, reader, pipeline(reader), side, args)
+        finally:
+            if side:
+                side.close()
+                sides[key] = side.info
+        sizes[key] = len(reader)
 
     print(f"\nsamples/s per worker (one process, one thread), mean [min-max] over {args.rounds} rounds of "
-          f"{args.samples} random frames; tinyvla row-group cache {args.cache_mb} MB")
-    for key, (backend, versions) in backends.items():
-        print(f"lerobot side ({key}): {versions}, reading through {backend}")
+          f"{args.samples} random frames, the two sides alternating every {args.chunk} frames; tinyvla row-group "
+          f"cache {args.cache_mb} MB")
+    for key, info in sides.items():
+        print(f"lerobot side ({key}): {info['versions']}, reading through {info['backend']}")
     print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
           "| pipeline ratio |")
     print("|---|---|---|---|---|---|---|")
     for name, key, with_lerobot in sets:
         g = runs[key]
         read, pipe = np.asarray(g["read"]), np.asarray(g["pipeline"])
-        row = [f"{name} ({len(readers[key])} frames)", fmt(read)]
+        row = [f"{name} ({sizes[key]} frames)", fmt(read)]
         if with_lerobot:
             lr, lp = np.asarray(g["lerobot read"]), np.asarray(g["lerobot pipeline"])
             row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
