@@ -271,6 +271,6 @@ class PageReader:
                     raise Unsupported(f"no column {leaf}")
                 chunk = self.chunks[key] = index_chunk(buf, meta, group, names.index(leaf))
             return read_value(buf, chunk, row)
-        except (Unsupported, IndexError, KeyError, ValueError, pa.ArrowException):
+        except (Unsupported, IndexError, KeyError, ValueError, OSError, pa.ArrowException):
             self.chunks[key] = None
             return None
