@@ -222,7 +222,8 @@ def fmt(values, digits=0):
 
 def measure(name, reader, pipe, side, args) -> dict:
     """Per round: the same random frames through both sides, in chunks that alternate between them (so a busy
-    neighbour slows both alike), for the read and then the whole pipeline (other frames). -> {step: [rate per round]}"""
+    neighbour slows both alike), for the read, the whole pipeline (other frames), and the read of consecutive frames.
+    -> {step: [rate per round]}"""
     steps = {"read": lambda i: reader.sample(i, HORIZON), "pipeline": pipe.__getitem__}
     warm = list(range(0, len(reader), max(1, len(reader) // 5)))[:5]
     for what, fn in steps.items():  # warm-up: opens files, fills caches, on both sides
@@ -231,17 +232,23 @@ def measure(name, reader, pipe, side, args) -> dict:
             side.seconds(what, warm)
     got: dict = {}
     for rnd in range(args.rounds):
-        for what, fn in steps.items():
-            seed = rnd if what == "read" else 1000 + rnd  # the pipeline reads other frames than the read pass
-            order = np.random.default_rng(seed).permutation(len(reader))[: args.samples].tolist()
+        for what in ("read", "pipeline", "sequential"):
+            fn = steps["read" if what == "sequential" else what]
+            if what == "sequential":  # consecutive frames from a random start: offline eval, an episode-ordered pass
+                start = int(np.random.default_rng(2000 + rnd).integers(0, max(1, len(reader) - args.samples)))
+                order = list(range(start, min(len(reader), start + args.samples)))
+            else:  # the pipeline reads other frames than the read pass
+                seed = rnd if what == "read" else 1000 + rnd
+                order = np.random.default_rng(seed).permutation(len(reader))[: args.samples].tolist()
             ours = theirs = 0.0
             for c, start in enumerate(range(0, len(order), args.chunk)):
                 chunk = order[start: start + args.chunk]
+                op = "read" if what == "sequential" else what
                 if side and c % 2:  # alternate who goes first
-                    theirs += side.seconds(what, chunk)
+                    theirs += side.seconds(op, chunk)
                 ours += timed(fn, chunk)
                 if side and not c % 2:
-                    theirs += side.seconds(what, chunk)
+                    theirs += side.seconds(op, chunk)
             got.setdefault(what, []).append(len(order) / ours)
             if side:
                 got.setdefault(f"lerobot {what}", []).append(len(order) / theirs)
@@ -308,6 +315,13 @@ def main():
         else:
             row += ["(lerobot 0.4.4 refuses v2.0)", "-", fmt(pipe, 1), "-", "-"]
         print("| " + " | ".join(row) + " |")
+    print("\nsequential reads (the same step on consecutive frames: offline eval, an episode-ordered pass)")
+    print("| data | tinyvla read | lerobot read | read ratio |")
+    print("|---|---|---|---|")
+    for name, key, with_lerobot in sets:
+        g, seq = runs[key], np.asarray(runs[key]["sequential"])
+        other = np.asarray(g["lerobot sequential"]) if with_lerobot else None
+        print(f"| {name} | {fmt(seq)} | " + (f"{fmt(other)} | {fmt(seq / other, 1)}x |" if with_lerobot else "- | - |"))
     slowest = min(np.mean(runs[key]["pipeline"]) for _, key, _ in sets)
     print(f"\nworkers for 50 samples/s at the slowest mean tinyvla pipeline rate ({slowest:.1f}/s per worker): "
           f"{int(np.ceil(50 / slowest))}")
