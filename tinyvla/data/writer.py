@@ -153,11 +153,12 @@ def write_lerobot_v2(out_dir: str | os.PathLike, episodes: Iterable[dict], fps: 
             path = tmp / V2_DATA_PATH.format(episode_chunk=n // CHUNKS_SIZE, episode_index=n)
             path.parent.mkdir(parents=True, exist_ok=True)
             # PNG bytes never repeat: a dictionary would put the episode's images into one page that every random
-            # read must decompress whole; plain ~1 MB pages let a reader fetch a frame's page alone (pages.py)
+            # read must decompress whole. PLAIN values in ~1 MB pages (pyarrow closes a page only between write
+            # batches, hence the small batches) let a reader fetch a frame's page alone (pages.py).
             plain = ["image.bytes", "wrist_image.bytes"]
             pq.write_table(pa.table(columns, schema=schema), path,
                            use_dictionary=[c for c in schema.names if c not in ("image", "wrist_image")],
-                           column_encoding={c: "PLAIN" for c in plain})
+                           column_encoding={c: "PLAIN" for c in plain}, write_batch_size=8)
 
             # lerobot v2.0 stats: images per channel in [0, 1] with shape (3, 1, 1); scalars with shape (1,).
             for key, frames in (("image", image), ("wrist_image", wrist)):
