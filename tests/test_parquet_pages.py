@@ -96,3 +96,21 @@ def test_page_reader_pickles_without_open_files():
     want = pages.value(path, 0, 2, "observation.images.image.bytes")
     clone = pickle.loads(pickle.dumps(pages))
     assert len(clone.files) == 0 and clone.value(path, 0, 2, "observation.images.image.bytes") == want
+
+
+def test_v2_writer_pages_hold_a_few_frames(tmp_path):
+    """tinyvla's v2.0 writer stores PNGs PLAIN in ~1 MB pages: a random read decompresses a page, not the episode."""
+    from tinyvla.data.writer import write_lerobot_v2
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (100, 64, 64, 3), dtype=np.uint8)  # noise: ~12 kB a PNG, ~1.2 MB a column
+    write_lerobot_v2(tmp_path / "ds", [{"task": "t", "image": frames, "wrist_image": frames[::-1],
+                                        "state": np.zeros((100, 8), np.float32),
+                                        "actions": rng.normal(size=(100, 7)).astype(np.float32)}], fps=10)
+    path = next((tmp_path / "ds" / "data").rglob("*.parquet"))
+    pages = PageReader()
+    for g, r, leaf, want in every_bytes_cell(path):
+        assert pages.value(path, g, r, leaf) == want
+    chunk = pages.chunks[(path, 0, "image.bytes")]
+    assert chunk.dictionary is None and len(chunk.pages) >= 2
+    assert all(p.uncompressed <= (1 << 20) + 8 * 20_000 for p in chunk.pages)  # ~1 MB + one write batch
