@@ -141,7 +141,7 @@ class LerobotSamples:
 
 def lerobot_server(root: Path, cameras: list[str]) -> None:
     """The side process: open lerobot's dataset and the same pipeline over it, then time what stdin asks for, one
-    JSON line each way ({"what": "read" | "pipeline", "frames": [...]} -> {"seconds": ...})."""
+    JSON line each way ({"what": "read" | "pipeline", "frames": [...]} -> {"seconds": [wall, cpu]})."""
     import torch
 
     torch.set_num_threads(1)
@@ -156,14 +156,16 @@ def lerobot_server(root: Path, cameras: list[str]) -> None:
                       "versions": f"lerobot {lerobot.__version__}, torch {torch.__version__}"}), flush=True)
     for line in sys.stdin:
         ask = json.loads(line)
-        print(json.dumps({"seconds": timed(steps[ask["what"]], ask["frames"])}), flush=True)
+        print(json.dumps({"seconds": list(timed(steps[ask["what"]], ask["frames"]))}), flush=True)
 
 
-def timed(fn, frames) -> float:
-    t = time.perf_counter()
+def timed(fn, frames) -> np.ndarray:
+    """(wall seconds, CPU seconds of this process) for fn over the frames: on a shared machine the CPU time is the
+    steadier measure of the work done, the wall time what a worker delivers under that load."""
+    t, c = time.perf_counter(), time.process_time()
     for i in frames:
         fn(i)
-    return time.perf_counter() - t
+    return np.array([time.perf_counter() - t, time.process_time() - c])
 
 
 class Side:
@@ -181,10 +183,10 @@ class Side:
             sys.exit(f"lerobot's side process failed (exit {self.proc.wait()}); its error is above")
         return json.loads(line)
 
-    def seconds(self, what: str, frames: list[int]) -> float:
+    def seconds(self, what: str, frames: list[int]) -> np.ndarray:
         self.proc.stdin.write(json.dumps({"what": what, "frames": frames}) + "\n")
         self.proc.stdin.flush()
-        return self._answer()["seconds"]
+        return np.array(self._answer()["seconds"])
 
     def close(self):
         self.proc.stdin.close()
@@ -240,7 +242,7 @@ def measure(name, reader, pipe, side, args) -> dict:
             else:  # the pipeline reads other frames than the read pass
                 seed = rnd if what == "read" else 1000 + rnd
                 order = np.random.default_rng(seed).permutation(len(reader))[: args.samples].tolist()
-            ours = theirs = 0.0
+            ours, theirs = np.zeros(2), np.zeros(2)
             for c, start in enumerate(range(0, len(order), args.chunk)):
                 chunk = order[start: start + args.chunk]
                 op = "read" if what == "sequential" else what
@@ -249,9 +251,11 @@ def measure(name, reader, pipe, side, args) -> dict:
                 ours += timed(fn, chunk)
                 if side and not c % 2:
                     theirs += side.seconds(op, chunk)
-            got.setdefault(what, []).append(len(order) / ours)
+            got.setdefault(what, []).append(len(order) / ours[0])
+            got.setdefault(f"{what} cpu", []).append(len(order) / ours[1])
             if side:
-                got.setdefault(f"lerobot {what}", []).append(len(order) / theirs)
+                got.setdefault(f"lerobot {what}", []).append(len(order) / theirs[0])
+                got.setdefault(f"lerobot {what} cpu", []).append(len(order) / theirs[1])
         print(json.dumps({"round": rnd, "data": name, **{k: round(v[-1], 2) for k, v in got.items()}}), flush=True)
     return got
 
@@ -314,6 +318,20 @@ def main():
             row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
         else:
             row += ["(lerobot 0.4.4 refuses v2.0)", "-", fmt(pipe, 1), "-", "-"]
+        print("| " + " | ".join(row) + " |")
+    print("\nthe same, by CPU time (samples per CPU-second of the worker's process: less sensitive to the neighbours)")
+    print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
+          "| pipeline ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, key, with_lerobot in sets:
+        g = runs[key]
+        read, pipe = np.asarray(g["read cpu"]), np.asarray(g["pipeline cpu"])
+        row = [name, fmt(read)]
+        if with_lerobot:
+            lr, lp = np.asarray(g["lerobot read cpu"]), np.asarray(g["lerobot pipeline cpu"])
+            row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
+        else:
+            row += ["-", "-", fmt(pipe, 1), "-", "-"]
         print("| " + " | ".join(row) + " |")
     print("\nsequential reads (the same step on consecutive frames: offline eval, an episode-ordered pass)")
     print("| data | tinyvla read | lerobot read | read ratio |")
