@@ -152,3 +152,30 @@ def test_forked_workers_after_the_parent_decoded():
                                          timeout=60)  # a worker that deadlocks on the parent's decoder fails here
     got = np.concatenate([b.numpy() for b in loader])
     np.testing.assert_array_equal(got, np.stack(parent))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads through Linux's /proc")
+def test_video_frames_convert_on_the_workers_thread(tmp_path):
+    """A data worker converts decoded frames on its own thread: FFmpeg 8's converter otherwise keeps threads of its
+    own for each 640x480 frame converted (hundreds per worker, measured), oversubscribing a machine of workers."""
+    import os
+
+    import av
+
+    from tinyvla.data.video import _rgb
+
+    path = tmp_path / "camera.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        for k in range(6):
+            img = np.random.default_rng(k).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(path)) as c:
+        c.streams.video[0].codec_context.thread_count = 1
+        frames = list(c.decode(video=0))
+    before = len(os.listdir("/proc/self/task"))
+    rgb = [_rgb(f) for f in frames]  # the frames stay alive, as in the reader's window of recent frames
+    assert len(os.listdir("/proc/self/task")) - before <= 1
+    assert len(rgb) == 6 and rgb[0].shape == (480, 640, 3)

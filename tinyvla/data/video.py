@@ -76,7 +76,7 @@ class _OpenVideo:
         """The frame nearest `ts` (within `tolerance` seconds) as uint8 (H, W, 3), or None if the file has none."""
         for t, f in reversed(self.recent):
             if abs(t - ts) <= tolerance:
-                return f.to_ndarray(format="rgb24")
+                return _rgb(f)
         last = self.recent[-1][0] if self.recent else None
         if self.decoder is None or last is None or not (last < ts <= last + FORWARD_FRAMES * self.period + tolerance):
             self._seek(ts)
@@ -94,7 +94,22 @@ class _OpenVideo:
             self.decoder = None
         if best is None or abs(best.time - ts) > tolerance:
             return None
-        return best.to_ndarray(format="rgb24")
+        return _rgb(best)
+
+
+_ONE_THREAD = {"threads": 1}  # emptied if this PyAV predates reformat(threads=)
+
+
+def _rgb(frame) -> np.ndarray:
+    """A decoded frame as uint8 RGB (H, W, 3), converted on this thread: FFmpeg 8's converter otherwise starts
+    threads of its own for every frame it converts (hundreds per worker, and ~3x the wall time on a busy machine)."""
+    try:
+        return frame.to_ndarray(format="rgb24", **_ONE_THREAD)
+    except TypeError:
+        if not _ONE_THREAD:
+            raise
+        _ONE_THREAD.clear()
+        return frame.to_ndarray(format="rgb24")
 
 
 def _close(video: _OpenVideo) -> None:
