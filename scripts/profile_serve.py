@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="lockstep steps per batch size")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-draft", default="0", help="max draft tokens per row per pass to try (0 = no cap)")
+    ap.add_argument("--pass-budget", default="0", help="draft tokens per pass over the batch to try (0 = no cap)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -175,10 +176,12 @@ def main() -> None:
     profile(policy, episodes, max(sizes), 2)  # warm up
     rows = []
     for cap in [int(x) for x in args.max_draft.split(",")]:
-        with policy.decoding(max_draft_tokens=cap or None):
-            for n in sizes:
-                rows.append({"max_draft": cap or None, **profile(policy, episodes, n, args.steps)})
-                print(json.dumps(rows[-1]), flush=True)
+        for budget in [int(x) for x in args.pass_budget.split(",")]:
+            with policy.decoding(max_draft_tokens=cap or None, pass_token_budget=budget or None):
+                for n in sizes:
+                    rows.append({"max_draft": cap or None, "pass_budget": budget or None,
+                                 **profile(policy, episodes, n, args.steps)})
+                    print(json.dumps(rows[-1]), flush=True)
     draft = policy.grammar.max_chars + 1
     costs = [pass_cost(policy, episodes, n, draft, 15) for n in sizes]
     for c in costs:

@@ -98,6 +98,8 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--pass-token-budget", "-1"]) == 2
+    assert "--pass-token-budget must be >= 0" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--obs-key", "depth=d"]) == 2
     assert "--obs-key 'depth=d'" in capsys.readouterr().err
     with socket.socket() as s:  # a loopback port nobody listens on

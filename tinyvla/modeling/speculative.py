@@ -189,6 +189,7 @@ def speculative_generate(
     redraft: bool = True,
     reuse_cache: bool = True,
     max_draft_tokens: int | None = None,
+    pass_token_budget: int | None = None,
     adaptive: bool = True,
     skip_forced: bool = True,
     repetition_penalty: float = 1.0,
@@ -205,6 +206,10 @@ def speculative_generate(
       next one (the "verify, then generate again from prompt + accepted" variant), then decodes without drafts. Same
       passes as reuse_cache=True with redraft=False, each second pass a full prefill; kept to measure against.
     max_draft_tokens: cap on draft tokens per row per pass (None: the whole remaining draft).
+    pass_token_budget: draft tokens per pass over the whole batch: each row still writing is offered at most
+      budget // rows of them (None: no such cap). For a compute-bound device (a CPU): there a pass costs rows x
+      columns, and at batch 8 half the computed tokens were rejected drafts; with 1 row the budget is larger than
+      any draft, so a right draft still takes one pass (scripts/profile_serve.py, BENCHMARKS.md).
     adaptive: halve a row's draft budget after a pass that rejected its draft, double it after one that kept all of
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
@@ -299,7 +304,7 @@ def speculative_generate(
             return []
         ids = encode_guess(guess) if guess else []
         ids.append(int(eos_draft_id))  # a guess always runs to the end of the answer
-        cap = min(c for c in (max_draft_tokens, row.budget if adaptive else None, len(ids)) if c is not None)
+        cap = min(c for c in (max_draft_tokens, row.budget if adaptive else None, share, len(ids)) if c is not None)
         return ids[:cap]
 
     # The whole sequence so far, holes included: ids, mask and positions per column. The KV cache holds the first
@@ -322,6 +327,8 @@ def speculative_generate(
     live = list(range(n_rows))
     while live:
         # Draft columns for this pass, right-padded; mask 0 on padding.
+        writing = sum(1 for b in live if not rows[b].done)
+        share = None if pass_token_budget is None else max(1, pass_token_budget // max(1, writing))
         row_drafts = [draft_tokens(rows[b], pass_index) for b in live]
         width = max(len(d) for d in row_drafts)
         n_live = len(live)
