@@ -3,15 +3,16 @@
     python scripts/bench_serve.py runs/tiny-cpu/final --requests 1000
     python scripts/bench_serve.py runs/tiny-cpu/final --clients 1,8 --requests 48 --no-speculative   # greedy
     python scripts/bench_serve.py runs/tiny-cpu/final --server-threads 1,2     # two servers, one thread vs two
-    python scripts/bench_serve.py runs/tiny-cpu/final --baseline-root ../main  # that checkout's server first
+    python scripts/bench_serve.py runs/tiny-cpu/final --baseline-root ../main  # and that checkout's server
     python scripts/bench_serve.py runs/tiny-cpu/final --pass-token-budgets 0,256  # the CPU draft budget off / on
 
 What it does, side by side in one run:
   1. In-process: `policy.act` on client 0's observation sequence, one request after another (speculation on or off,
      as the server): the latency a robot gets with the model in its own process.
-  2. Starts `tinyvla serve POLICY --port 0 --num-threads T` (127.0.0.1 only) and, for each client count n, n threads
-     each with its own websocket connection (openpi's `WebsocketClientPolicy` when installed) send ~requests/n
-     requests in "action" mode (the ensembled next action, what `act` returns).
+  2. Starts `tinyvla serve POLICY --port 0 --num-threads T` (127.0.0.1 only; one server per variant asked for) and,
+     for each client count n, n threads each with its own websocket connection (openpi's `WebsocketClientPolicy`
+     when installed) send ~requests/n requests in "action" mode (the ensembled next action, what `act` returns).
+     The (server, client count) pairs take turns, --rounds times, so a shared machine's load changes hit all alike.
 Each client replays its own BlockFind episode (seeded, the continuous expert's path), resetting at the end of it, and
 checks every reply against the action in-process `act` gives for that step of that episode: a lost, mis-routed or
 wrongly ensembled answer is counted (and must be 0). Prints p50 / p99 latency and requests/s per client count, the
@@ -62,12 +63,14 @@ def expected_actions(policy, episodes) -> list[np.ndarray]:
 def start_server(policy_dir: str, threads: int, max_batch: int, max_wait_ms: float, speculative: bool,
                  root: Path = ROOT, budget: int | None = None, device: str = "cpu"):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, "-m", "tinyvla.cli.main", "serve", policy_dir, "--host", "127.0.0.1",
-                             "--port", "0", "--num-threads", str(threads), "--max-batch", str(max_batch),
-                             "--max-wait-ms", str(max_wait_ms), "--device", device,
-                             "--speculative" if speculative else "--no-speculative",
-                             *([] if budget is None else ["--pass-token-budget", str(budget)])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    if os.path.exists(policy_dir):
+        policy_dir = os.path.abspath(policy_dir)
+    cmd = [sys.executable, "-m", "tinyvla.cli.main", "serve", policy_dir, "--host", "127.0.0.1", "--port", "0",
+           "--num-threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
+           "--device", device, "--speculative" if speculative else "--no-speculative",
+           *([] if budget is None else ["--pass-token-budget", str(budget)])]
+    # cwd = root too: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
     for line in proc.stdout:
         if line.startswith("serving "):
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
@@ -126,10 +129,18 @@ def run_clients(port: int, n: int, total: int, episodes, expected) -> dict:
     wall = time.perf_counter() - t0
     for _, close, _ in clients:
         close()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1000
-    return {"clients": n, "requests": int(lat.size), "wrong": int(sum(wrong)), "wall_s": round(wall, 2),
-            "req_per_s": round(lat.size / wall, 2), "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2), "client": clients[0][2]}
+    return {"lat_ms": np.concatenate([np.asarray(x) for x in latencies]) * 1000, "wall_s": wall,
+            "wrong": int(sum(wrong)), "client": clients[0][2]}
+
+
+def summarize(n: int, parts: list[dict]) -> dict:
+    """One row from the rounds of one (server, client count): requests/s over their summed wall time."""
+    lat = np.concatenate([p["lat_ms"] for p in parts])
+    wall = sum(p["wall_s"] for p in parts)
+    return {"clients": n, "requests": int(lat.size), "wrong": sum(p["wrong"] for p in parts),
+            "wall_s": round(wall, 2), "req_per_s": round(lat.size / wall, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "client": parts[0]["client"]}
 
 
 def main() -> None:
@@ -137,6 +148,7 @@ def main() -> None:
     ap.add_argument("policy", help="policy directory")
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--requests", type=int, default=1000, help="requests per client count, over all its clients")
+    ap.add_argument("--rounds", type=int, default=3, help="turns each (server, client count) gets, interleaved")
     ap.add_argument("--episode-steps", type=int, default=20, help="steps in each client's replayed episode")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the server")
     ap.add_argument("--baseline-root", type=Path, default=None,
@@ -188,23 +200,32 @@ def main() -> None:
              "passes_per_act": round((policy.decode_stats["passes"] - passes0) / n_local, 2)}
     print(f"in-process act: {json.dumps(local)}", flush=True)
 
-    # 2. the server, once per server thread count asked for (side by side in this run)
-    rows = []
+    # 2. the servers, all started at once; the client counts take turns on them (round robin, --rounds times) so
+    #    that a change in the machine's load hits every variant alike: side by side in one run.
     variants = [("baseline", args.threads, None, args.baseline_root)] if args.baseline_root else []
     budgets = [None] if args.pass_token_budgets is None else [int(x) for x in args.pass_token_budgets.split(",")]
     variants += [("this", t, b, ROOT) for t in server_threads for b in budgets]
-    for code, threads, budget, root in variants:
-        proc, port = start_server(args.policy, threads, args.max_batch, args.max_wait_ms, not args.no_speculative,
-                                  root, budget, device)
-        try:
+    servers, parts = [], {}
+    try:
+        for code, threads, budget, root in variants:
+            servers.append(start_server(args.policy, threads, args.max_batch, args.max_wait_ms,
+                                        not args.no_speculative, root, budget, device))
+        per_round = -(-args.requests // args.rounds)
+        for _ in range(args.rounds):
             for n in counts:
-                row = {"code": code, "server_threads": threads, "pass_token_budget": budget,
-                       **run_clients(port, n, args.requests, episodes, expected)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        finally:
+                for v, (_, port) in enumerate(servers):
+                    parts.setdefault((v, n), []).append(run_clients(port, n, per_round, episodes, expected))
+    finally:
+        for proc, _ in servers:
             proc.terminate()
+        for proc, _ in servers:
             proc.wait(60)
+    rows = []
+    for v, (code, threads, budget, _) in enumerate(variants):
+        for n in counts:
+            rows.append({"code": code, "server_threads": threads, "pass_token_budget": budget,
+                         **summarize(n, parts[(v, n)])})
+            print(json.dumps(rows[-1]), flush=True)
     summary = {"in_process": local, "served": rows}
     for code, threads, budget, _ in variants:
         by_n = {r["clients"]: r for r in rows

@@ -13,9 +13,11 @@ batch when n clients ask at once). Per batch it times
     walk      the rest of speculative_generate: drafting, the per-row grammar walk over the logits, cache bookkeeping
     decode    codes -> float actions
 
-and reports ms per request (batch time / n), forward passes per batch and per request, the passes each row would need
-alone (so "waiting for the slowest row" is passes per batch minus the mean passes alone), and the cost of one forward
-pass of batch n over the same pass at batch 1 (the ideal bound on batching when the forward is all there is).
+and reports CPU ms per request (batch time / n), forward passes per batch, the passes each row would need alone (so
+"waiting for the slowest row" is passes per batch minus the mean passes alone), the token positions the model computed
+per request and the share of them that was padding; then the CPU ms of one forward pass at batch n and at batch 1
+(prefill; 1, 8, 32 and a whole draft's tokens a row): the ideal bound on batching when the forward is all there is.
+Variants side by side: --max-draft (tokens a row per pass) and --pass-budget (tokens per pass over the batch).
 """
 
 from __future__ import annotations
@@ -114,40 +116,45 @@ def profile(policy, episodes, n: int, steps: int) -> dict:
     return out
 
 
-def pass_cost(policy, episodes, n: int, draft_tokens: int, repeats: int) -> dict:
-    """ms of one prefill pass (prompt + images + a draft of `draft_tokens`) and one verify pass (`draft_tokens`
-    tokens on a cached prompt) at batch n: the model's own cost, no Python walk."""
+def pass_cost(policy, episodes, n: int, widths: list[int], repeats: int) -> dict:
+    """CPU ms of one forward pass at batch n, the model alone (no Python walk): the prefill (prompt + images) and a
+    pass of w tokens a row over the cached prompt, for each w in `widths` (a draft being verified)."""
     import torch
+
+    from tinyvla.modeling.speculative import _crop, _prompt_positions
 
     obs = [episodes[c % len(episodes)][0][0] for c in range(n)]
     ins = [episodes[c % len(episodes)][1] for c in range(n)]
     batch = policy.encode_batch([o["image"] for o in obs], [o["wrist_image"] for o in obs], ins)
-    draft = torch.full((n, draft_tokens), int(policy.processor.encode_action_text("5")[0]), dtype=torch.long)
+    prompt = batch["input_ids"].shape[1]
+    draft = torch.full((n, max(widths)), int(policy.processor.encode_action_text("5")[0]), dtype=torch.long)
     ids = torch.cat([batch["input_ids"], draft], 1)
     mask = torch.cat([batch["attention_mask"], torch.ones_like(draft)], 1)
     mm = torch.zeros_like(ids)
-    mm[:, :batch["input_ids"].shape[1]] = batch["mm_token_type_ids"]
-    from tinyvla.modeling.speculative import _crop, _prompt_positions
-
-    full = {**batch, "input_ids": ids, "attention_mask": mask, "mm_token_type_ids": mm}
-    pos = _prompt_positions(policy.model, full)
-    prefill, verify = [], []
+    mm[:, :prompt] = batch["mm_token_type_ids"]
+    pos = _prompt_positions(policy.model, {**batch, "input_ids": ids, "attention_mask": mask, "mm_token_type_ids": mm})
+    out = {"batch": n, "prompt_tokens": prompt}
     with torch.inference_mode():
+        times = []
         for _ in range(repeats):
             t0 = clock()
-            out = policy.model(input_ids=ids, attention_mask=mask, position_ids=pos, mm_token_type_ids=mm,
-                               pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                               use_cache=True, logits_to_keep=draft_tokens + 1)
-            prefill.append(clock() - t0)
-            cache = out.past_key_values
-            cut = ids.shape[1] - draft_tokens
-            _crop(cache, cut)
-            t0 = clock()
-            policy.model(input_ids=ids[:, cut:], attention_mask=mask, position_ids=pos[..., cut:],
-                         past_key_values=cache, use_cache=True, logits_to_keep=draft_tokens + 1)
-            verify.append(clock() - t0)
-    return {"batch": n, "draft_tokens": draft_tokens, "prefill_ms": round(1000 * float(np.median(prefill)), 2),
-            "verify_ms": round(1000 * float(np.median(verify)), 2)}
+            res = policy.model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], position_ids=pos[..., :prompt],
+                               mm_token_type_ids=mm[:, :prompt], pixel_values=batch["pixel_values"],
+                               image_grid_thw=batch["image_grid_thw"], use_cache=True, logits_to_keep=1)
+            times.append(clock() - t0)
+        out["prefill_ms"] = round(1000 * float(np.median(times)), 2)
+        cache = res.past_key_values
+        for w in widths:
+            times = []
+            for _ in range(repeats):
+                t0 = clock()
+                policy.model(input_ids=ids[:, prompt:prompt + w], attention_mask=mask[:, :prompt + w],
+                             position_ids=pos[..., prompt:prompt + w], past_key_values=cache, use_cache=True,
+                             logits_to_keep=w)
+                times.append(clock() - t0)
+                _crop(cache, prompt)
+            out[f"pass_{w}_ms"] = round(1000 * float(np.median(times)), 2)
+    return out
 
 
 def main() -> None:
@@ -182,13 +189,12 @@ def main() -> None:
                     rows.append({"max_draft": cap or None, "pass_budget": budget or None,
                                  **profile(policy, episodes, n, args.steps)})
                     print(json.dumps(rows[-1]), flush=True)
-    draft = policy.grammar.max_chars + 1
-    costs = [pass_cost(policy, episodes, n, draft, 15) for n in sizes]
+    widths = [1, 8, 32, policy.grammar.max_chars + 1]  # one token ... a whole draft
+    costs = [pass_cost(policy, episodes, n, widths, 15) for n in sizes]
     for c in costs:
         print(json.dumps(c), flush=True)
-    base = costs[0]
-    bound = {f"{c['batch']}": {"prefill_x": round(c["prefill_ms"] / base["prefill_ms"], 2),
-                               "verify_x": round(c["verify_ms"] / base["verify_ms"], 2)} for c in costs}
+    # The ideal bound on batching: what a pass of batch n costs over the same pass of batch 1
+    bound = {c["batch"]: {k: round(c[k] / costs[0][k], 2) for k in c if k.endswith("_ms")} for c in costs}
     print("pass cost at batch n / batch 1:", json.dumps(bound))
     if args.json:
         args.json.write_text(json.dumps({"profile": rows, "pass_cost": costs, "pass_cost_ratio": bound}, indent=1))
