@@ -78,7 +78,7 @@ if [ -z "$todo" ]; then
   say "simulator packages already installed"
 else
   say "installing $(echo "$todo" | wc -l) locked packages from requirements/sim.lock"
-  "$PYTHON" -m pip install --no-input --disable-pip-version-check -q --no-deps -r "$LOCK"
+  "$PYTHON" -m pip install --no-input --disable-pip-version-check -q --no-deps --no-compile -r "$LOCK"
   todo=$(missing_python_pkgs)
   if [ -n "$todo" ]; then
     echo "[install-sim] error: still missing after install: $todo" >&2

@@ -3,6 +3,9 @@
     python scripts/seed_sweep.py recipes/tiny-cpu.yaml --seeds 0-4
     python scripts/seed_sweep.py recipes/tiny-cpu.yaml --seeds 0-4 --set actions.mask_prob=0 --out runs/sweep-nomask
     python scripts/seed_sweep.py recipes/tiny-cpu.yaml --seeds 0,3,7 --jobs 2     # two trainings at once
+    # a two-stage curriculum per seed: each seed's stage 2 starts from the same seed's stage 1
+    python scripts/seed_sweep.py recipes/tiny-cpu-blockfind.yaml --seeds 0-2 --suite blockfind \
+        --set model.init_from=runs/sweep-tiny-cpu/seed-{seed}/final
 
 One training seed says little: a tiny recipe that stops near its success jump lands anywhere from 87 % to 99 % with
 the seed (BENCHMARKS.md). Every success figure we quote is therefore mean [min-max] over seeds, from this script.
@@ -60,10 +63,15 @@ def cli(*args) -> list[str]:
     return [sys.executable, "-m", "tinyvla.cli.main", *map(str, args)]
 
 
+def seed_overrides(overrides: list[str], seed: int) -> list[str]:
+    """The --set values with "{seed}" replaced by this seed (e.g. each seed's own stage-1 policy to start from)."""
+    return [s.replace("{seed}", str(seed)) for s in overrides]
+
+
 def run_seed(args, seed: int, out: Path) -> dict:
     run = out / f"seed-{seed}"
     log = out / f"seed-{seed}.log"
-    sets = [x for s in args.set for x in ("--set", s)]
+    sets = [x for s in seed_overrides(args.set, seed) for x in ("--set", s)]
     started = time.time()
     with log.open("a") as f:
         if not (run / "final" / "policy.json").is_file():
@@ -87,7 +95,7 @@ def prepare_data(args) -> None:
     from tinyvla.recipe import load_recipe
     from tinyvla.training.data import resolve_dataset
 
-    recipe = load_recipe(Path(args.recipe), list(args.set))
+    recipe = load_recipe(Path(args.recipe), seed_overrides(args.set, 0))
     if recipe.data.suite in BLOCKFIND_SUITES:
         resolve_dataset(recipe)
 
@@ -96,7 +104,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("recipe")
     p.add_argument("--seeds", default="0-4", help="training seeds: 0-4, or 0,3,7 (default 0-4)")
-    p.add_argument("--set", action="append", default=[], help="recipe override for every seed (repeatable)")
+    p.add_argument("--set", action="append", default=[],
+                   help="recipe override for every seed (repeatable); {seed} becomes the seed")
     p.add_argument("--suite", default="blockfind-reach", help="evaluation suite (default blockfind-reach)")
     p.add_argument("--episodes-per-task", type=int, default=100)
     p.add_argument("--num-envs", type=int, default=10)

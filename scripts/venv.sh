@@ -7,5 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-python -m pip install -q --no-deps -r requirements/main.lock
+# --no-compile: pip byte-compiles every .py it installs (torch alone has thousands); Python compiles the few a run
+# imports on first use instead. 166 s vs 279 s for this lock on the shared 2-core machine (BENCHMARKS.md).
+python -m pip install -q --no-deps --no-compile -r requirements/main.lock
 python -m pip install -q --no-deps --no-build-isolation -e .

@@ -5,6 +5,7 @@ generates. Every process must enter every forward; one that does not leaves the 
 (the gloo timeout below turns that wait into an error). Each process writes OUT_DIR/rank<r>.json."""
 
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -62,7 +63,15 @@ def main(recipe_path: str, mode: str, out_dir: str) -> None:
     row = {"rank": rank, "units": units, "params": full, "local_params": local, "loss": loss,
            "l1": None if result is None else result["l1_mean"]}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(row))
+    dist.barrier()  # both rows written before either process starts tearing down
     dist.destroy_process_group()
+    # Leave without the interpreter's teardown: FSDP2 on gloo keeps C++ worker threads and async work objects alive in
+    # module state, and finalizing them after Python is half gone aborts the process now and then ("terminate called
+    # without an active exception", SIGABRT: pytorch/pytorch#179291) after all the work above succeeded. Everything
+    # this worker produces is the two files, written and checked by the test.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

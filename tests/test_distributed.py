@@ -128,7 +128,8 @@ def test_fsdp2_on_cpu_shards_and_every_process_enters_every_forward(tmp_path):
     cfg.train.eval_batches = 1
     save_recipe(cfg, tmp_path / "fsdp.yaml")
     res = run_worker(tmp_path / "fsdp.yaml", "every-rank", tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.glob("rank*.json"))
+    assert res.returncode == 0, f"rows written: {written}\n" + res.stdout[-3000:] + res.stderr[-3000:]
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in rows] == [0, 1]
     assert rows[0]["units"] >= 4  # decoder layers + vision blocks wrapped

@@ -153,18 +153,21 @@ def test_processor_prompt_matches_stock_expansion(tiny):
     assert "<|vision_start|><|image_pad|>x32<|vision_end|>pick it<|im_end|>" in shown
 
 
-@pytest.mark.parametrize("position", ["after_images", "before_images", "end"])
-def test_chat_text_is_the_chat_template_in_every_layout(tiny, position):
+@pytest.mark.parametrize("position,system", [("after_images", "vla0"), ("before_images", "vla0"), ("end", "vla0"),
+                                             ("after_images", "none"), ("end", "none")])
+def test_chat_text_is_the_chat_template_in_every_layout(tiny, position, system):
     from tinyvla.core.prompt import PromptSpec, build_messages
 
     _, _, processor = tiny
-    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_position=position)
+    spec = PromptSpec(horizon=2, dim=7, bins=1000, tile_views=False, instruction_position=position,
+                      system_prompt=system)
     messages = build_messages("pick it", 2, spec)
     if position == "end":  # the assistant turn is open: the model continues the instruction
         templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     else:
         templated = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert templated == render_chat_text(spec.system, 2, "pick it", instruction_position=position)
+    assert ("<|im_start|>system" in templated) == (system == "vla0")  # "none": no system turn at all
     ids = processor.build_prompt([image(64, 64, 1), image(64, 64, 2)], "pick it", spec.system,
                                  instruction_position=position)["input_ids"]
     pick, it = (processor.tokenizer.encode(w, add_special_tokens=False)[-1] for w in ("pick", " it"))

@@ -38,6 +38,15 @@ def test_json_round_trip_and_decoding_stays_out():
     assert again.meta == {"base_model": "tiny-qwen3"}
 
 
+@pytest.mark.parametrize("system", ["vla0", "none"])
+def test_system_prompt_choice_round_trips(system):
+    recipe = recipe_from_dict({"actions": {"horizon": 2}, "data": {"system_prompt": system}})
+    cfg = PolicyConfig.from_recipe(recipe, STATS)
+    saved = json.loads(json.dumps(cfg.to_json()))
+    assert ("timesteps" in saved["system_prompt"]) == (system == "vla0")  # VLA-0's words, or "" for none
+    assert PolicyConfig.from_json(saved).prompt.system_prompt == system
+
+
 def test_old_and_broken_policy_json():
     saved = PolicyConfig.from_recipe(recipe_from_dict({}), STATS).to_json()
     old = {k: v for k, v in saved.items() if k not in ("instruction_position", "ensemble", "system_prompt")}

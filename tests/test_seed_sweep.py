@@ -20,6 +20,11 @@ def test_parse_seeds():
             sweep.parse_seeds(bad)
 
 
+def test_seed_placeholder_in_overrides():
+    sets = ["model.init_from=runs/sweep/seed-{seed}/final", "train.lr=1e-3"]
+    assert sweep.seed_overrides(sets, 3) == ["model.init_from=runs/sweep/seed-3/final", "train.lr=1e-3"]
+
+
 def test_summary_is_mean_min_max():
     s = sweep.summarize({0: 0.87, 1: 0.95, 2: 0.92})
     assert s["seeds"] == 3 and s["min"] == 0.87 and s["max"] == 0.95 and abs(s["mean"] - 0.9133) < 1e-3

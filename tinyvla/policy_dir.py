@@ -155,7 +155,8 @@ class PolicyConfig:
         cameras = cfg["image"].get("cameras")  # absent: LIBERO's two views, read as image / wrist_image
         prompt = PromptSpec(horizon=cfg["horizon"], dim=cfg["dim"], bins=cfg["bins"],
                             tile_views=cfg["image"].get("tile_views", True), instruction_position=position,
-                            num_views=len(cameras) if cameras else 2, vision_id=bool(cfg.get("vision_id", False)))
+                            num_views=len(cameras) if cameras else 2, vision_id=bool(cfg.get("vision_id", False)),
+                            system_prompt="none" if cfg.get("system_prompt") == "" else "vla0")
         if "system_prompt" in cfg and cfg["system_prompt"] != prompt.system:
             raise UserError("policy.json: system_prompt does not match horizon/dim/bins; the file was edited by hand")
         image_cfg = dict(cfg["image"])
@@ -202,6 +203,7 @@ def specs_from_recipe(recipe) -> tuple[PromptSpec, ImageSpec]:
     a, d = recipe.actions, recipe.data
     return (PromptSpec(horizon=a.horizon, dim=a.dim, bins=a.bins, tile_views=d.tile_views,
                        instruction_position=d.instruction_position, vision_id=d.vision_id,
+                       system_prompt=d.system_prompt,
                        num_views=len(d.cameras) if d.cameras else 2),
             ImageSpec(image_size=d.image_size, crop_scale=d.crop_scale, color_jitter=d.color_jitter,
                       tile_views=d.tile_views, jitter_per_view=d.jitter_per_view,

@@ -24,7 +24,7 @@ from typing import Literal
 import yaml
 
 from tinyvla.core.ensemble import WEIGHTINGS, EnsembleConfig
-from tinyvla.core.prompt import INSTRUCTION_POSITIONS
+from tinyvla.core.prompt import INSTRUCTION_POSITIONS, SYSTEM_PROMPTS
 from tinyvla.envs.blockfind import EXPERT_KINDS, EXPERT_PATHS
 from tinyvla.envs.suites import DATA_SUITES
 from tinyvla.errors import UserError
@@ -84,6 +84,9 @@ class DataConfig:
     # after_images (VLA-0) | before_images (image tokens can read it) | end (the answer starts at its last word:
     # what lets a model trained from scratch use the words at all; core/prompt.py)
     instruction_position: Literal[INSTRUCTION_POSITIONS] = "after_images"
+    # vla0: VLA-0's system turn (a pretrained VLM expects it); none: no system turn, 1/3 fewer tokens per sample for a
+    # model trained from random weights, to which those constant words say nothing
+    system_prompt: Literal[SYSTEM_PROMPTS] = "vla0"
     vision_id: bool = False  # "Picture N: " before each image (Qwen2.5-VL add_vision_id; the released VLA-0 checkpoint)
     val_episodes: int = 8  # episodes held out for the action-error check (0 = none)
     num_workers: int = 2  # DataLoader workers; PNG decode + crop is the data cost
@@ -130,6 +133,9 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     clip_grad: float = 0.0  # max grad norm; 0 = no clipping (VLA-0)
+    # > 0: the policy saved is an exponential moving average of the weights over ~1 / (1 - decay) steps (smoother than
+    # the last step's weights; one fp32 copy of the trainable weights more in memory); 0 = the last weights (VLA-0)
+    ema_decay: float = 0.0
     # bf16-mixed: fp32 master weights + bf16 autocast (GPU); bf16: weights in model.dtype + bf16 autocast (pair bf16
     # weights with optimizer adamw-kahan, or updates below bf16's resolution are lost); fp32: no autocast
     precision: Literal["fp32", "bf16-mixed", "bf16", "fp16"] = "bf16-mixed"
@@ -265,7 +271,8 @@ RANGES = {
     "train.global_batch": _range(1), "train.batch_size": _range(1),
     "train.grad_accum": _range(1), "train.lr": _range(0, low_open=True), "train.weight_decay": _range(0),
     "train.betas": _range(0, 1, high_open=True, length=2), "train.warmup_steps": _range(0),
-    "train.min_lr_ratio": _range(0, 1), "train.clip_grad": _range(0), "train.seed": _range(0),
+    "train.min_lr_ratio": _range(0, 1), "train.clip_grad": _range(0),
+    "train.ema_decay": _range(0, 1, high_open=True), "train.seed": _range(0),
     "train.log_every": _range(1), "train.save_every": _range(0), "train.keep_last": _range(0),
     "train.eval_every": _range(0), "train.eval_batches": _range(1), "train.rollout_every": _range(0),
     "train.rollout_episodes": _range(1), "train.num_threads": _range(1),

@@ -108,7 +108,8 @@ def inspect_tokens(
     tok = processor.tokenizer
     vision_ids = {processor.image_token_id, processor.vision_start_token_id, processor.vision_end_token_id}
     counts = {
-        "system": len(tok(f"<|im_start|>system\n{prompt.system}<|im_end|>\n", add_special_tokens=False)["input_ids"]),
+        "system": len(tok(f"<|im_start|>system\n{prompt.system}<|im_end|>\n", add_special_tokens=False)["input_ids"])
+        if prompt.system else 0,
         "instruction": len(tok(instruction, add_special_tokens=False)["input_ids"]),
         "vision": sum(1 for i in prompt_ids if i in vision_ids),
         "action": len(action_ids),

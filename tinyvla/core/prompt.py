@@ -1,6 +1,6 @@
 """What the model reads: the VLA-0 system prompt, the chat messages, and how the camera views are laid out.
 
-The model sees one chat: a system turn with the prompt below (H, D, B filled in), a user turn with the image(s) then the
+The model sees one chat: a system turn with the prompt below (H, D, B filled in; or none, SYSTEM_PROMPTS), a user turn with the image(s) then the
 task instruction, and an assistant turn holding the action text (in training; at inference the model writes it).
 Nothing else: no robot state, no history (VLA-0 found neither helps on LIBERO). Where the instruction sits is a
 recorded setting (INSTRUCTION_POSITIONS); VLA-0's place is the default.
@@ -32,8 +32,15 @@ SYSTEM_PROMPT_TEMPLATE = (
 INSTRUCTION_POSITIONS = ("after_images", "before_images", "end")
 
 
-def system_prompt(horizon: int, dim: int, bins: int) -> str:
-    return SYSTEM_PROMPT_TEMPLATE.format(H=horizon, D=dim, N=horizon * dim, B=bins)
+# The system turn: VLA-0's words, or none at all. "none" is for models trained from random weights (the tiny CPU
+# recipes), where the 68 constant tokens of VLA-0's turn carry no information but are a third of every sequence (and
+# of every step's compute); a pretrained VLM fine-tuned the VLA-0 way keeps "vla0".
+SYSTEM_PROMPTS = ("vla0", "none")
+
+
+def system_prompt(horizon: int, dim: int, bins: int, kind: str = "vla0") -> str:
+    """The system turn's text ("" = no system turn)."""
+    return SYSTEM_PROMPT_TEMPLATE.format(H=horizon, D=dim, N=horizon * dim, B=bins) if kind == "vla0" else ""
 
 
 @dataclass(frozen=True)
@@ -49,15 +56,19 @@ class PromptSpec:
     # "Picture N: " before each image, as Qwen2.5-VL's chat template writes it with add_vision_id=True (the official
     # VLA-0 checkpoint was trained so: 5 more prompt tokens per image). Off = tinyvla's default.
     vision_id: bool = False
+    system_prompt: str = "vla0"  # one of SYSTEM_PROMPTS
 
     def __post_init__(self):
         if self.instruction_position not in INSTRUCTION_POSITIONS:
             raise ValueError(f"instruction_position must be one of {', '.join(INSTRUCTION_POSITIONS)}, "
                              f"got {self.instruction_position!r}")
+        if self.system_prompt not in SYSTEM_PROMPTS:
+            raise ValueError(f"system_prompt must be one of {', '.join(SYSTEM_PROMPTS)}, got {self.system_prompt!r}")
 
     @property
     def system(self) -> str:
-        return system_prompt(self.horizon, self.dim, self.bins)
+        """The system turn's text; "" when the prompt has none."""
+        return system_prompt(self.horizon, self.dim, self.bins, self.system_prompt)
 
     @property
     def num_images(self) -> int:
@@ -96,10 +107,8 @@ def build_messages(instruction: str, num_images: int, spec: PromptSpec, action_t
     text = [{"type": "text", "text": instruction}]
     position = spec.instruction_position
     user = text + images if position == "before_images" else images if position == "end" else images + text
-    messages = [
-        {"role": "system", "content": [{"type": "text", "text": spec.system}]},
-        {"role": "user", "content": user},
-    ]
+    messages = [{"role": "system", "content": [{"type": "text", "text": spec.system}]}] if spec.system else []
+    messages.append({"role": "user", "content": user})
     answer = (instruction if position == "end" else "") + (action_text or "")
     if answer:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})

@@ -45,8 +45,9 @@ def render_chat_text(system: str, num_images: int, instruction: str, action_text
     user = {"after_images": images + instruction, "before_images": instruction + images, "end": images}
     if instruction_position not in user:
         raise ValueError(f"instruction_position must be one of {', '.join(user)}, got {instruction_position!r}")
-    text = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user[instruction_position]}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+    # No system text: no system turn at all, as Qwen3-VL's template writes a chat without a system message.
+    text = (f"<|im_start|>system\n{system}<|im_end|>\n" if system else "") + (
+        f"<|im_start|>user\n{user[instruction_position]}<|im_end|>\n<|im_start|>assistant\n")
     if instruction_position == "end":  # the answer follows the instruction's last word, no separator
         text += instruction
     if action_text is not None:

@@ -6,6 +6,7 @@
       metrics.jsonl, tensorboard/, loss.png, final/
       checkpoints/step-00000500/
         model.safetensors, optimizer.bin, random_states_<rank>.pkl, ...   accelerate's save_state, every rank
+        ema_rank<rank>.safetensors   the weight average, when train.ema_decay > 0 (training/ema.py)
         trainer_state.json   step, epoch, position in the epoch, logging window, metrics.jsonl length
         COMPLETE.json        written last, after every rank finished: each file of the checkpoint with its size
 
@@ -132,9 +133,10 @@ def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, keep_last: int) -> Path:
+def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, keep_last: int, save_extra=None) -> Path:
     """accelerate's save_state into `.step-N.tmp`, then (after every rank finished) the state, the marker, the
-    rename. Every process must call it: it holds barriers."""
+    rename. Every process must call it: it holds barriers. `save_extra(dir)`, when given, writes this process's own
+    further files (the weight average) into the checkpoint before it is declared complete."""
     main = accelerator.is_main_process
     final = Path(ckpt_dir) / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = final.with_name(f".{final.name}.tmp")
@@ -143,6 +145,8 @@ def save_checkpoint(accelerator, ckpt_dir: Path, step: int, state: dict, keep_la
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if save_extra is not None:
+        save_extra(tmp)
     accelerator.wait_for_everyone()  # every rank's files are on disk before rank 0 declares the checkpoint complete
     if main:
         metrics = Path(ckpt_dir).parent / "metrics.jsonl"

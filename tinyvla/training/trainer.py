@@ -42,6 +42,7 @@ from tinyvla import lifetime
 from tinyvla.training import checkpoint
 from tinyvla.training.checkpoint import list_checkpoints  # noqa: F401  (the trainer's public names)
 from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
+from tinyvla.training.ema import WeightAverage
 from tinyvla.training.plan import plan_run
 
 
@@ -290,11 +291,15 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
     if cfg.compile:
         model = torch.compile(model)
     accelerator.register_for_checkpointing(scheduler)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # training/ema.py
+    with_average = ema.applied if ema else contextlib.nullcontext
 
     step, epoch, micro_in_epoch = 0, 0, 0
     state = {}
     if latest is not None:
         accelerator.load_state(str(latest))
+        if ema:
+            ema.load(latest, accelerator.process_index)
         state = checkpoint.read_state(latest)
         step, epoch, micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
         if main:
@@ -332,7 +337,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
     def evaluate_heldout():
         if len(data.val_frames) == 0:
             return None
-        result = heldout_error(make_policy(), data.reader, data.val_frames, cfg)
+        with with_average():  # the weights the policy will have
+            result = heldout_error(make_policy(), data.reader, data.val_frames, cfg)
         model.train()
         return result
 
@@ -341,7 +347,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
             return
         from tinyvla.evaluation.probe import probe_success
 
-        rate = probe_success(make_policy(), recipe.data.suite, episodes=cfg.rollout_episodes)
+        with with_average():
+            rate = probe_success(make_policy(), recipe.data.suite, episodes=cfg.rollout_episodes)
         model.train()
         logger.log_probe(step, rate)
 
@@ -349,7 +356,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
         # The logging window and last loss travel with the checkpoint, so a resumed run logs what an unbroken one would.
         checkpoint.save_checkpoint(accelerator, ckpt_dir, step, {
             "epoch": epoch, "micro_in_epoch": micro_in_epoch, "last_loss": last_loss,
-            "window_loss": window["loss"], "window_steps": window["steps"]}, cfg.keep_last)
+            "window_loss": window["loss"], "window_steps": window["steps"]}, cfg.keep_last,
+            save_extra=(lambda path: ema.save(path, accelerator.process_index)) if ema else None)
 
     # Train -----------------------------------------------------------------------------------------------------------
     model.train()
@@ -384,6 +392,8 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if ema:
+                    ema.update(step)
 
                 window["loss"] += last_loss
                 window["steps"] += 1
@@ -412,6 +422,9 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
     # Finish: a checkpoint to resume from, the held-out error, then the policy directory -------------------------------
     if step != resumed_step:  # resumed at the end: that checkpoint is already this one
         save_checkpoint()
+    if ema:  # from here on the model holds the average: the held-out check, the probe and the policy directory
+        ema.copy_to_model()
+        with_average = contextlib.nullcontext
     logger.log_eval(step, evaluate_heldout())
     probe()
     seconds = time.time() - start
