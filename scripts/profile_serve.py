@@ -138,9 +138,10 @@ def pass_cost(policy, episodes, n: int, widths: list[int], repeats: int) -> dict
         times = []
         for _ in range(repeats):
             t0 = clock()
-            res = policy.model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], position_ids=pos[..., :prompt],
-                               mm_token_type_ids=mm[:, :prompt], pixel_values=batch["pixel_values"],
-                               image_grid_thw=batch["image_grid_thw"], use_cache=True, logits_to_keep=1)
+            res = policy.model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt],
+                               position_ids=pos[..., :prompt], mm_token_type_ids=mm[:, :prompt],
+                               pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                               use_cache=True, logits_to_keep=1)
             times.append(clock() - t0)
         out["prefill_ms"] = round(1000 * float(np.median(times)), 2)
         cache = res.past_key_values

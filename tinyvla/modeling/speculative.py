@@ -22,7 +22,8 @@ Each row then keeps its accepted draft columns; the columns of rejected draft to
 with attention mask 0 (every row has its own accepted length, but a cache column is shared by the batch). Positions
 are explicit: Qwen-VL's multimodal RoPE gives the prompt 3-D positions (`_prepare_position_ids_for_generation`, what
 `generate` itself calls); every text token after it is one more than the row's last kept token, so holes are skipped
-exactly as if the rejected tokens had never been written. The cache is cropped to the longest kept row after each pass.
+exactly as if the rejected tokens had never been written. The cache is cropped to the longest kept row after each
+pass, and a row that has finished leaves the batch (its cache rows too).
 
 Redrafting: after a miss, the row writes one greedy token, and from the next pass on is offered the rest of the draft
 again, aligned on the integer index the grammar state names (`draft_continuation`: it also finishes a half-written
@@ -32,6 +33,8 @@ offered shorter and shorter ones (`adaptive`), so a useless draft cannot make ev
 
 The unit of speed is the forward pass: a pass over ~100 tokens costs about as much as a pass over one on a GPU, where
 decoding is bound by reading the weights; on a CPU the longer passes cost compute (see scripts/bench_speculative.py).
+
+(Over ~400 lines: the loop, the draft helpers it calls and its stats are read together.)
 """
 
 from __future__ import annotations
@@ -208,8 +211,8 @@ def speculative_generate(
     max_draft_tokens: cap on draft tokens per row per pass (None: the whole remaining draft).
     pass_token_budget: draft tokens per pass over the whole batch: each row still writing is offered at most
       budget // rows of them (None: no such cap). For a compute-bound device (a CPU): there a pass costs rows x
-      columns, and at batch 8 half the computed tokens were rejected drafts; with 1 row the budget is larger than
-      any draft, so a right draft still takes one pass (scripts/profile_serve.py, BENCHMARKS.md).
+      columns, and at batch 8 half the computed tokens were rejected drafts; a budget above one row's draft
+      changes nothing for a batch of 1 (a right draft still takes one pass). scripts/profile_serve.py, BENCHMARKS.md.
     adaptive: halve a row's draft budget after a pass that rejected its draft, double it after one that kept all of
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
