@@ -13,6 +13,8 @@ Full size (random weights from the stored published configs, real speed and memo
              GPU the 8B does not fit (~88 GB in its leanest mode), so arch:qwen3-2b is sharded over the one GPU to
              exercise the path
   inference  closed-loop BlockFind chunks/s, speculative vs plain greedy (tinyvla/bench.py), identical actions
+  serving    `tinyvla serve` requests/s at 1 and 8 loopback clients (scripts/bench_serve.py), speculative, and the
+             ratio 8 / 1 (issue #18's goal: >= 4x)
 --tiny shrinks every part to the tiny Qwen3-VL on CPU processes (gloo), so the whole script runs in a test.
 """
 
@@ -64,6 +66,42 @@ def inference(args) -> dict:
     return {"chunks_per_s": {m: v["chunks_per_s"] for m, v in res["modes"].items()},
             "ms_per_chunk": {m: v["ms_per_chunk"] for m, v in res["modes"].items()},
             "speedup": res.get("speedup"), "identical": res.get("identical"), "steps": res["steps"]}
+
+
+def serving(args) -> dict:
+    """`tinyvla serve` on loopback at 1 and 8 clients (scripts/bench_serve.py, speculative decoding) with the inference
+    model saved as a policy directory: issue #18's "8 clients >= 4x the throughput of 1", measured where a batched
+    pass costs about what one row's does (a 2-core CPU gets ~3x: BENCHMARKS.md, serving)."""
+    import tempfile
+
+    import torch
+
+    from tinyvla.bench import policy_from_recipe
+    from tinyvla.policy_dir import save_policy_dir
+
+    recipe = make_recipe(args.model, args.tiny, args.micro)
+    recipe.data.suite = "blockfind-reach"
+    with tempfile.TemporaryDirectory(prefix="gpu-check-serve-") as tmp:
+        save_policy_dir(policy_from_recipe(recipe), Path(tmp) / "policy", recipe=recipe.to_dict())
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        out = Path(tmp) / "serve.json"
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_serve.py"), str(Path(tmp) / "policy"), "--clients", "1,8",
+               "--requests", str(args.serve_requests), "--episode-steps", "10", "--json", str(out)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, 300))
+        except subprocess.TimeoutExpired:
+            return {"error": f"bench_serve.py ran past {min(args.timeout, 300)} s"}
+        if not out.exists():
+            return {"error": (res.stdout + res.stderr)[-2000:]}
+        r = json.loads(out.read_text())
+    served = {row["clients"]: row for row in r["served"]}
+    # wrong: replies that differ from in-process act (bf16 kernels may round a batch of 8 unlike a batch of 1)
+    return {"throughput_8_over_1": r.get("throughput_8_over_1"), "overhead_p50": r.get("overhead_p50"),
+            "req_per_s": {n: row["req_per_s"] for n, row in served.items()},
+            "p50_ms": {n: row["p50_ms"] for n, row in served.items()},
+            "wrong": sum(row["wrong"] for row in served.values()), "requests": args.serve_requests,
+            "in_process_req_per_s": r["in_process"]["req_per_s"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -153,6 +191,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per precision mode")
     ap.add_argument("--fsdp-steps", type=int, default=3)
     ap.add_argument("--infer-steps", type=int, default=6)
+    ap.add_argument("--serve-requests", type=int, default=96, help="requests per client count (1 and 8 clients)")
     ap.add_argument("--processes", type=int, default=None, help="DDP / FSDP processes (default: the GPU count)")
     ap.add_argument("--timeout", type=int, default=420)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,6 +217,7 @@ def main() -> None:
     report["train"] = train_modes(args)
     report.update(distributed(args, processes))  # one GPU: DDP of one process, FSDP of the 2B over one GPU
     report["inference"] = inference(args)
+    report["serving"] = serving(args)
     report["seconds"] = round(time.time() - start, 1)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

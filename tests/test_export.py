@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tinyvla.cli.main import main
+from tinyvla.core.prompt import system_prompt
 from tinyvla.errors import UserError
 from tinyvla.export import export_policy
 from tinyvla.policy import Policy
@@ -85,7 +86,10 @@ def test_policy_act_ensembles_over_steps(full_ft):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda c: c.pop("action_stats"), "no 'action_stats'"),
     (lambda c: c.update(dim=6), "action stats have 7 dimensions but dim is 6"),
-    (lambda c: c.update(horizon=9), "system_prompt does not match"),
+    # VLA-0's system turn names H, D, B: one that disagrees with them was edited (the tiny recipe has no system turn)
+    (lambda c: c.update(system_prompt=system_prompt(c["horizon"], c["dim"], c["bins"]), horizon=c["horizon"] + 1),
+     "system_prompt does not match"),
+    (lambda c: c.update(system_prompt="Be a robot."), "system_prompt does not match"),
     (lambda c: c.update(instruction_position="middle"), "instruction_position 'middle' is not one of"),
 ])
 def test_hand_corrupted_policy_json_is_refused(full_ft, tmp_path, corrupt, message):

@@ -16,8 +16,8 @@ def test_gpu_check_cpu_variant_writes_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--steps", "2", "--fsdp-steps",
-                          "1", "--infer-steps", "2", "--out", str(out)], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
+                          "1", "--infer-steps", "2", "--serve-requests", "8", "--out", str(out)], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["train"]) == {"bf16-mixed+adamw", "bf16+adamw-kahan"}
@@ -30,3 +30,6 @@ def test_gpu_check_cpu_variant_writes_every_figure(tmp_path):
     assert all(x == x and x > 0 for x in f["losses"])  # finite
     inf = r["inference"]
     assert inf["identical"] is True and set(inf["chunks_per_s"]) == {"spec", "greedy"}
+    srv = r["serving"]
+    assert "error" not in srv, srv.get("error")
+    assert srv["wrong"] == 0 and set(srv["req_per_s"]) == {"1", "8"} and srv["throughput_8_over_1"] > 0

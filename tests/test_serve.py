@@ -98,6 +98,8 @@ def test_cli_user_errors(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--pass-token-budget", "-1"]) == 2
+    assert "--pass-token-budget must be >= 0" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--obs-key", "depth=d"]) == 2
     assert "--obs-key 'depth=d'" in capsys.readouterr().err
     with socket.socket() as s:  # a loopback port nobody listens on
@@ -377,3 +379,22 @@ def test_remote_eval_gives_the_local_results(server, policy_dir, tmp_path):
         return sorted((r["task_id"], r["episode"], r["success"], r["steps"]) for r in rows)
 
     assert outcomes("remote") == outcomes("local")
+
+
+def test_profile_script_splits_the_time_and_counts_the_work(policy_dir, tmp_path):
+    """scripts/profile_serve.py (BENCHMARKS' serving profile) on a tiny policy: every phase timed, passes and token
+    positions counted for each variant and batch size, the pass costs measured."""
+    out = tmp_path / "profile.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_serve.py"), str(policy_dir), "--steps", "2",
+                          "--batch", "1,2", "--pass-budget", "0,8", "--json", str(out)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    rows = {(p["pass_budget"], p["batch"]): p for p in r["profile"]}
+    assert set(rows) == {(None, 1), (None, 2), (8, 1), (8, 2)}
+    for p in rows.values():
+        assert p["ms_per_request"] > 0 and p["forward_ms_per_request"] > 0 and p["passes_per_batch"] >= 1
+        assert p["computed_per_request"] > 0 and 0 <= p["padding_share"] < 1
+    assert rows[(None, 2)]["passes_alone_per_row"] >= 1
+    assert {c["batch"] for c in r["pass_cost"]} == {1, 2} and all(c["prefill_ms"] > 0 for c in r["pass_cost"])

@@ -167,6 +167,50 @@ def test_forced_tokens_need_no_pass_of_their_own(policy):
     assert passes[False] > passes[True] >= passes[False] - forced
 
 
+def test_finished_rows_leave_the_batch(policy):
+    """A row done after the first pass (its draft was right) is not computed again: the later passes hold only the
+    rows still writing (on a CPU a pass costs rows x columns), and every row's text is still the greedy text."""
+    rng = np.random.default_rng(4)
+    ims, wrs, ins = observations(rng, 3)
+    greedy = policy.generate_text(ims, wrs, ins)
+    codes = [policy.codec.parse(t) for t in greedy]
+    batch = policy.encode_batch(ims, wrs, ins)
+    wrong = codes[2].copy()
+    wrong[1, 2] = (wrong[1, 2] + 1) % (B + 1)
+    tokens, stats = speculative_generate(policy.model, batch, policy.constraint, [codes[0], None, wrong],
+                                         policy.processor.encode_action_text, policy.processor.im_end_token_id,
+                                         policy.processor.pad_token_id)
+    assert policy.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True) == greedy
+    cols = stats.per_pass_tokens
+    assert stats.passes > 2
+    # pass 1: all 3 rows; then at most the 2 unfinished ones, and at the end only the row without a draft
+    assert stats.computed < 3 * sum(cols)
+    assert stats.computed <= 3 * cols[0] + 2 * sum(cols[1:])
+    assert stats.computed >= 3 * cols[0] + sum(cols[1:])
+    assert 0 < stats.needed <= stats.computed
+
+
+def test_pass_token_budget_is_shared_by_the_rows(policy):
+    """pass_token_budget caps the draft tokens of a pass over the batch (a CPU server's setting): right drafts then
+    take several passes of budget // rows tokens a row, the text is unchanged; a budget above the drafts is free."""
+    rng = np.random.default_rng(5)
+    ims, wrs, ins = observations(rng, 3)
+    greedy = policy.generate_text(ims, wrs, ins)
+    codes = [policy.codec.parse(t) for t in greedy]
+    batch = policy.encode_batch(ims, wrs, ins)
+    runs = {}
+    for budget in (None, 30, 10_000):
+        tokens, stats = speculative_generate(policy.model, batch, policy.constraint, codes,
+                                             policy.processor.encode_action_text, policy.processor.im_end_token_id,
+                                             policy.processor.pad_token_id, pass_token_budget=budget)
+        assert policy.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True) == greedy, budget
+        runs[budget] = stats
+    assert runs[None].passes == runs[10_000].passes == 1
+    longest = max(len(policy.processor.encode_action_text(t)) for t in greedy)
+    assert runs[30].passes >= longest // 10  # 10 draft tokens a row while all 3 write (more as rows finish)
+    assert max(runs[30].per_pass_tokens[1:]) <= 1 + 30  # the pending token + at most the whole budget
+
+
 # ------------------------------------------------------------------------------------------------------- closed loop
 def test_closed_loop_same_actions_fewer_passes():
     from tinyvla.bench import closed_loop

@@ -59,6 +59,7 @@ class DecodingConfig:
     reuse_cache: bool = True
     adaptive: bool = True
     max_draft_tokens: int | None = None
+    pass_token_budget: int | None = None  # draft tokens per pass over the batch (a CPU server's setting)
     skip_forced: bool = True  # grammar-forced tokens ride along with the next pass (speculative_generate)
     # Extra keyword arguments for model.generate on the plain greedy path, e.g. {"cache_implementation": "static"}
     # on a GPU (transformers then compiles the decode step). Empty = transformers' defaults.
@@ -74,7 +75,8 @@ class DecodingConfig:
 
     def speculative_options(self) -> dict:
         return {"redraft": self.redraft, "reuse_cache": self.reuse_cache, "adaptive": self.adaptive,
-                "max_draft_tokens": self.max_draft_tokens, "repetition_penalty": float(self.repetition_penalty),
+                "max_draft_tokens": self.max_draft_tokens, "pass_token_budget": self.pass_token_budget,
+                "repetition_penalty": float(self.repetition_penalty),
                 "skip_forced": self.skip_forced}
 
     def greedy_kwargs(self) -> dict:

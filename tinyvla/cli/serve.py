@@ -10,6 +10,7 @@ arrays over a websocket (tinyvla/serving/protocol.py lists the keys).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Annotated, Optional
 
@@ -18,6 +19,9 @@ import typer
 from tinyvla.errors import UserError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Draft tokens per pass over a batch on a CPU: 32 a row at the default max batch of 8 (MIN_DRAFT), more as rows
+# finish; one row alone is capped only past 256 tokens (an H = 8 answer is ~200). Measured: scripts/profile_serve.py.
+CPU_PASS_TOKEN_BUDGET = 256
 
 
 def serve(
@@ -30,6 +34,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="Policy device (default: cuda if available, else cpu).")] = None,
     num_threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's).")] = None,
     speculative: Annotated[Optional[bool], typer.Option("--speculative/--no-speculative", help="Chunk-shift speculative decoding per connection: the same actions, fewer forward passes (default: the recipe's eval.speculative, as tinyvla eval).")] = None,
+    pass_token_budget: Annotated[Optional[int], typer.Option(help="Speculative draft tokens per forward pass over the whole batch (each row gets budget / rows); 0 = no cap. Default: 256 on a CPU, where a pass costs rows x tokens, none on a GPU. Actions are the same either way.")] = None,
     idle_timeout_s: Annotated[float, typer.Option(help="Close a connection that sends nothing for this long.")] = 600.0,
     max_message_mb: Annotated[float, typer.Option(help="Largest request accepted; bigger ones close their connection.")] = 16.0,
     obs_key: Annotated[Optional[list[str]], typer.Option(help="Another request key for an input, NAME=KEY with NAME one of image, wrist_image, instruction; repeatable (e.g. image=cam_high).")] = None,
@@ -41,6 +46,8 @@ def serve(
                              ("--idle-timeout-s", idle_timeout_s, 0.1), ("--max-message-mb", max_message_mb, 0.01)):
         if value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    if pass_token_budget is not None and pass_token_budget < 0:
+        raise UserError(f"--pass-token-budget must be >= 0 (0 = no cap), got {pass_token_budget}")
     if port > 65535:
         raise UserError(f"--port must be <= 65535, got {port}")
     try:
@@ -69,6 +76,10 @@ def serve(
     if policy.startswith(("ws://", "wss://")) or policy in BASELINES:
         raise UserError(f"serve a policy directory, not {policy!r}")
     loaded, identity = load_policy(policy, device, speculative=speculative)
+    if pass_token_budget is None:  # CPU: cap the rejected-draft compute of a batch (BENCHMARKS.md, serving)
+        pass_token_budget = CPU_PASS_TOKEN_BUDGET if loaded.device.type == "cpu" else 0
+    loaded.config = loaded.config.replace(decoding=dataclasses.replace(loaded.config.decoding,
+                                                                       pass_token_budget=pass_token_budget or None))
     try:
         observation_keys_for(loaded.config.meta.get("observation_keys"))
     except ValueError as err:

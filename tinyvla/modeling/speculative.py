@@ -22,7 +22,8 @@ Each row then keeps its accepted draft columns; the columns of rejected draft to
 with attention mask 0 (every row has its own accepted length, but a cache column is shared by the batch). Positions
 are explicit: Qwen-VL's multimodal RoPE gives the prompt 3-D positions (`_prepare_position_ids_for_generation`, what
 `generate` itself calls); every text token after it is one more than the row's last kept token, so holes are skipped
-exactly as if the rejected tokens had never been written. The cache is cropped to the longest kept row after each pass.
+exactly as if the rejected tokens had never been written. The cache is cropped to the longest kept row after each
+pass, and a row that has finished leaves the batch (its cache rows too).
 
 Redrafting: after a miss, the row writes one greedy token, and from the next pass on is offered the rest of the draft
 again, aligned on the integer index the grammar state names (`draft_continuation`: it also finishes a half-written
@@ -32,6 +33,8 @@ offered shorter and shorter ones (`adaptive`), so a useless draft cannot make ev
 
 The unit of speed is the forward pass: a pass over ~100 tokens costs about as much as a pass over one on a GPU, where
 decoding is bound by reading the weights; on a CPU the longer passes cost compute (see scripts/bench_speculative.py).
+
+(Over ~400 lines: the loop, the draft helpers it calls and its stats are read together.)
 """
 
 from __future__ import annotations
@@ -116,9 +119,11 @@ class DecodeStats:
     drafted: int = 0  # draft tokens fed to the model, summed over rows
     accepted: int = 0  # draft tokens kept
     per_pass_tokens: list = field(default_factory=list)  # input columns per pass (cost on a CPU)
+    computed: int = 0  # token positions the model computed: rows in the pass x its input columns, summed over passes
+    needed: int = 0  # of those, the ones of rows still writing that hold a real token (the rest is padding)
 
     def add(self, other: "DecodeStats") -> None:
-        for name in ("passes", "rows", "tokens", "drafted", "accepted"):
+        for name in ("passes", "rows", "tokens", "drafted", "accepted", "computed", "needed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.per_pass_tokens.extend(other.per_pass_tokens)
 
@@ -187,6 +192,7 @@ def speculative_generate(
     redraft: bool = True,
     reuse_cache: bool = True,
     max_draft_tokens: int | None = None,
+    pass_token_budget: int | None = None,
     adaptive: bool = True,
     skip_forced: bool = True,
     repetition_penalty: float = 1.0,
@@ -203,6 +209,10 @@ def speculative_generate(
       next one (the "verify, then generate again from prompt + accepted" variant), then decodes without drafts. Same
       passes as reuse_cache=True with redraft=False, each second pass a full prefill; kept to measure against.
     max_draft_tokens: cap on draft tokens per row per pass (None: the whole remaining draft).
+    pass_token_budget: draft tokens per pass over the whole batch: each row still writing is offered at most
+      budget // rows of them (None: no such cap). For a compute-bound device (a CPU): there a pass costs rows x
+      columns, and at batch 8 half the computed tokens were rejected drafts; a budget above one row's draft
+      changes nothing for a batch of 1 (a right draft still takes one pass). scripts/profile_serve.py, BENCHMARKS.md.
     adaptive: halve a row's draft budget after a pass that rejected its draft, double it after one that kept all of
       it (floor MIN_DRAFT). A right draft still goes through in one pass; a wrong one stops making every pass long
       (each drafted position costs a full-vocabulary lm_head row: for Qwen's 151k vocabulary the main cost of a
@@ -232,11 +242,13 @@ def speculative_generate(
     local = {tok: k for k, tok in enumerate(vocab)}
     allowed_cache: dict = {}
 
-    def allowed(state) -> torch.Tensor:
+    def allowed(state) -> np.ndarray:
+        # numpy, not torch: the walk below reads one logit row per written token, where a torch op's fixed cost
+        # (~5 us) times rows x tokens was a fifth of a served request's time on a CPU (scripts/profile_serve.py).
         key = constraint.cache_key(state)
         ids = allowed_cache.get(key)
         if ids is None:
-            ids = torch.tensor([local[i] for i in constraint.allowed_token_ids(state) if i in local], dtype=torch.long)
+            ids = np.asarray([local[i] for i in constraint.allowed_token_ids(state) if i in local], dtype=np.int64)
             allowed_cache[key] = ids
         return ids
 
@@ -270,6 +282,20 @@ def speculative_generate(
         row.forced_only = not ids and skip_forced
         return ids if not row.forced_only else forced_tokens(row.state)
 
+    char_ids: dict[str, int] = {}
+
+    def encode_guess(text: str) -> list[int]:
+        """The draft text's tokens. Qwen's tokenizers write every digit and space as its own token; once a guess
+        has tokenized that way (as many tokens as characters), its characters' ids are reused instead of calling
+        the tokenizer (~0.2 ms a call, ~15 calls a request). A draft only decides how many passes a row takes,
+        never which tokens it gets, so even a tokenizer that merged digits would only lose drafts, not change text."""
+        if char_ids and all(c in char_ids for c in text):
+            return [char_ids[c] for c in text]
+        ids = list(encode_text(text))
+        if len(ids) == len(text):
+            char_ids.update(zip(text, ids))
+        return ids
+
     def guessed_tokens(row: _Row, pass_index: int) -> list[int]:
         if row.draft is None or (pass_index > 0 and not (redraft and reuse_cache)):
             return []
@@ -279,9 +305,9 @@ def speculative_generate(
         guess = draft_continuation(row.draft, row.state, written, dim)
         if guess is None:
             return []
-        ids = list(encode_text(guess)) if guess else []
+        ids = encode_guess(guess) if guess else []
         ids.append(int(eos_draft_id))  # a guess always runs to the end of the answer
-        cap = min(c for c in (max_draft_tokens, row.budget if adaptive else None, len(ids)) if c is not None)
+        cap = min(c for c in (max_draft_tokens, row.budget if adaptive else None, share, len(ids)) if c is not None)
         return ids[:cap]
 
     # The whole sequence so far, holes included: ids, mask and positions per column. The KV cache holds the first
@@ -298,16 +324,23 @@ def speculative_generate(
     first_inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
                                                             "video_grid_thw")}
     pass_index = 0
-    while not all(r.done for r in rows):
+    # The tensors above hold the rows still writing (`live`: their indices into `rows`); a row that finishes leaves
+    # them, KV cache included, so the passes after it compute nothing for it (on a CPU a pass costs rows x columns).
+    # Not with reuse_cache=False, whose second pass re-reads the prompt (and images) of every row.
+    live = list(range(n_rows))
+    while live:
         # Draft columns for this pass, right-padded; mask 0 on padding.
-        row_drafts = [draft_tokens(r, pass_index) for r in rows]
+        writing = sum(1 for b in live if not rows[b].done)
+        share = None if pass_token_budget is None else max(1, pass_token_budget // max(1, writing))
+        row_drafts = [draft_tokens(rows[b], pass_index) for b in live]
         width = max(len(d) for d in row_drafts)
-        d_ids = torch.full((n_rows, width), pad_token_id, dtype=torch.long, device=device)
-        d_mask = torch.zeros((n_rows, width), dtype=torch.long, device=device)
-        for b, d in enumerate(row_drafts):
+        n_live = len(live)
+        d_ids = torch.full((n_live, width), pad_token_id, dtype=torch.long, device=device)
+        d_mask = torch.zeros((n_live, width), dtype=torch.long, device=device)
+        for k, d in enumerate(row_drafts):
             if d:
-                d_ids[b, : len(d)] = torch.tensor(d, dtype=torch.long, device=device)
-                d_mask[b, : len(d)] = 1
+                d_ids[k, : len(d)] = torch.tensor(d, dtype=torch.long, device=device)
+                d_mask[k, : len(d)] = 1
         d_pos = next_pos[:, :, None] + torch.arange(width, device=device)  # a draft token follows the pending one
         decided = ids.shape[1]  # columns decided so far (the pending one included)
         all_ids = torch.cat([ids, d_ids], dim=1)
@@ -334,46 +367,56 @@ def speculative_generate(
         out = model(**inputs)
         stats.passes += 1
         stats.per_pass_tokens.append(int(inputs["input_ids"].shape[1]))
+        stats.computed += int(inputs["input_ids"].numel())
+        stats.needed += sum(len(d) for d in row_drafts) + (
+            int(batch["attention_mask"].sum()) if cached == 0 else sum(1 for b in live if not rows[b].done))
         cache = out.past_key_values
         # generate casts the last-step logits to float32 before the processors; do the same (exact for bf16), on
         # the grammar's columns only, and on the CPU, where the per-token walk below reads them.
         logits = out.logits[:, -(width + 1):].index_select(-1, vocab_t).float().cpu()
+        logits_np = logits.numpy()
 
         # Walk each row: column j's logits choose the token after column (decided - 1 + j).
-        kept = [0] * n_rows  # accepted draft tokens per row
-        pending = [pad_token_id] * n_rows
-        for b, r in enumerate(rows):
+        kept = [0] * n_live  # accepted draft tokens per row
+        pending = [pad_token_id] * n_live
+        for k, b in enumerate(live):
+            r = rows[b]
             if r.done:
                 continue
-            d = row_drafts[b]
+            d = row_drafts[k]
             stats.drafted += len(d)
             for j in range(width + 1):
                 cand = allowed(r.state)
-                scores = logits[b, j]
                 if penalty != 1.0:
-                    scores = apply_repetition_penalty(scores, seen[b], penalty)
-                tok = vocab[int(cand[int(torch.argmax(scores[cand]))])]
+                    scores = apply_repetition_penalty(logits[k, j], seen[b], penalty).numpy()
+                else:
+                    scores = logits_np[k, j]
+                tok = vocab[int(cand[int(scores[cand].argmax())])]  # the first maximum, as torch.argmax
                 if penalty != 1.0:
                     seen[b, local[tok]] = True
                 r.tokens.append(tok)
                 r.state = constraint.advance_token(r.state, tok)
                 finished = r.state == FINISHED or len(r.tokens) >= max_new
                 if j < len(d) and tok == d[j] and not finished:
-                    kept[b] += 1
+                    kept[k] += 1
                     continue
                 if j < len(d) and tok == d[j]:
-                    kept[b] += 1  # the draft's own EOS (or last token) was right: nothing pending
+                    kept[k] += 1  # the draft's own EOS (or last token) was right: nothing pending
                     r.done = True
                 else:
                     r.done = finished
-                    pending[b] = tok
+                    pending[k] = tok
                 break
-            stats.accepted += kept[b]
+            stats.accepted += kept[k]
             if d and not r.forced_only:  # halve on a rejection, double on a full acceptance: see `adaptive`
-                r.budget = min(2 * r.budget, 1 << 30) if kept[b] == len(d) else max(MIN_DRAFT, len(d) // 2)
+                r.budget = min(2 * r.budget, 1 << 30) if kept[k] == len(d) else max(MIN_DRAFT, len(d) // 2)
 
-        # Rejected draft columns become holes; crop every column past the longest kept row.
-        keep_cols = max(kept) if kept else 0
+        still = [k for k, b in enumerate(live) if not rows[b].done]
+        if not still:
+            break
+        # Rejected draft columns become holes; crop every column past the longest kept row still writing (a
+        # finished row's columns are never read again).
+        keep_cols = max(kept[k] for k in still)
         d_mask_kept = (torch.arange(width, device=device)[None, :] < torch.tensor(kept, device=device)[:, None]).long()
         d_mask_kept = d_mask_kept * d_mask
         ids = torch.cat([ids, d_ids[:, :keep_cols]], dim=1)
@@ -382,12 +425,15 @@ def speculative_generate(
         cached = decided + keep_cols
         _crop(cache, cached)
         next_pos = next_pos + torch.tensor(kept, device=device)[None, :]
-        if all(r.done for r in rows):
-            break
+        if reuse_cache and len(still) < n_live:  # finished rows leave the batch
+            sel = torch.tensor(still, dtype=torch.long, device=device)
+            ids, mask, pos, next_pos = ids[sel], mask[sel], pos[:, sel], next_pos[:, sel]
+            cache.reorder_cache(sel)
+            live, pending = [live[k] for k in still], [pending[k] for k in still]
         # The pending token of each unfinished row becomes the next decided column (finished rows: a masked pad).
-        live = torch.tensor([0 if r.done else 1 for r in rows], dtype=torch.long, device=device)
+        flags = torch.tensor([0 if rows[b].done else 1 for b in live], dtype=torch.long, device=device)
         ids = torch.cat([ids, torch.tensor(pending, dtype=torch.long, device=device)[:, None]], dim=1)
-        mask = torch.cat([mask, live[:, None]], dim=1)
+        mask = torch.cat([mask, flags[:, None]], dim=1)
         pos = torch.cat([pos, next_pos[:, :, None]], dim=2)
         next_pos = next_pos + 1
         pass_index += 1
