@@ -22,9 +22,9 @@ Datasets (made once under --work, with lerobot 0.4.4's own writer where lerobot 
 
 lerobot runs in the side venv of scripts/make_lerobot_env.sh (benchmark only; the rows need it):
 
-    bash scripts/make_lerobot_env.sh /tmp/robot2-lerobot-venv
+    bash scripts/make_lerobot_env.sh /tmp/tinyvla-lerobot-venv
     python scripts/bench_data_throughput.py --work /tmp/robot2-bench [--samples 200] [--rounds 3] \
-        [--lerobot-python /tmp/robot2-lerobot-venv/bin/lerobot-python]
+        [--lerobot-python /tmp/tinyvla-lerobot-venv/bin/lerobot-python]
 
 tinyvla runs in this process, lerobot in one side-venv process kept for the whole dataset; both warm up first, then
 take turns every --chunk frames on the same frames, so a busy neighbour slows both alike. Ratios are taken within a
@@ -48,7 +48,7 @@ ROOT = HERE.parent
 HORIZON = 8
 LIBERO_EPISODES, LIBERO_LEN, LIBERO_SIZE = 20, 100, 256
 TASKS = ["put the bowl on the plate", "open the top drawer", "turn on the stove"]
-SIDE_VENV = "/tmp/robot2-lerobot-venv"
+SIDE_VENV = "/tmp/tinyvla-lerobot-venv"
 
 
 def libero_episode(n: int):

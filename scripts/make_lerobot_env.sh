@@ -6,7 +6,7 @@
 # torchcodec, whose wheels link a CUDA torch. Nothing in CI or scripts/test.sh calls this script (it installs a
 # ~5.5 GB CUDA torch build that runs on the CPU); the tests that could use it skip when it is absent.
 #
-#   bash scripts/make_lerobot_env.sh [VENV]      # default /tmp/robot2-lerobot-venv; idempotent (re-run = checks)
+#   bash scripts/make_lerobot_env.sh [VENV]      # default /tmp/tinyvla-lerobot-venv; idempotent (re-run = checks)
 #   VENV/bin/lerobot-python ...                  # python with lerobot's FFmpeg libraries on the library path
 #
 # What it installs and why:
@@ -21,7 +21,7 @@
 #                                        same process (the benchmark's fair comparison); lerobot reads local data
 #                                        with hub 1.x unchanged
 set -euo pipefail
-VENV="${1:-/tmp/robot2-lerobot-venv}"
+VENV="${1:-/tmp/tinyvla-lerobot-venv}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -10,7 +10,7 @@ degrees, gripper 0-100), 30 fps, robot_type `so101_follower`, a few tasks. These
 Run it in the side venv of scripts/make_lerobot_env.sh (lerobot 0.4.4 cannot live in the project venv; the older
 one of scripts/make_v30_fixture.py plus `accelerate` works too):
 
-    /tmp/robot2-lerobot-venv/bin/lerobot-python scripts/make_so101_fixture.py [OUT_DIR] [--size HxW]
+    /tmp/tinyvla-lerobot-venv/bin/lerobot-python scripts/make_so101_fixture.py [OUT_DIR] [--size HxW]
 
 The data is synthetic and seeded: per episode a cube at a random place; the arm's joints move smoothly from a rest
 pose to a pose that depends on the cube and the task, the gripper closes near the end. The cameras draw the cube (in

@@ -19,7 +19,7 @@ import pytest
 from tinyvla.data.lerobot import LeRobotDataset
 
 FIX = Path(__file__).parent / "fixtures"
-SIDE = os.environ.get("TINYVLA_LEROBOT_PYTHON", "/tmp/robot2-lerobot-venv/bin/lerobot-python")
+SIDE = os.environ.get("TINYVLA_LEROBOT_PYTHON", "/tmp/tinyvla-lerobot-venv/bin/lerobot-python")
 HORIZON = 8
 
 SIDE_SCRIPT = """
