@@ -260,6 +260,23 @@ def measure(name, reader, pipe, side, args) -> dict:
     return got
 
 
+def print_rate_table(runs: dict, sets: list, sizes: dict | None, suffix: str) -> None:
+    """One markdown table of samples/s: tinyvla beside lerobot, read and pipeline (suffix " cpu": by CPU time)."""
+    print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
+          "| pipeline ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, key, with_lerobot in sets:
+        g = runs[key]
+        read, pipe = np.asarray(g["read" + suffix]), np.asarray(g["pipeline" + suffix])
+        row = [f"{name} ({sizes[key]} frames)" if sizes else name, fmt(read)]
+        if with_lerobot:
+            lr, lp = np.asarray(g["lerobot read" + suffix]), np.asarray(g["lerobot pipeline" + suffix])
+            row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
+        else:
+            row += ["(lerobot 0.4.4 refuses v2.0)" if sizes else "-", "-", fmt(pipe, 1), "-", "-"]
+        print("| " + " | ".join(row) + " |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/robot2-bench")
@@ -306,33 +323,9 @@ def main():
           f"cache {args.cache_mb} MB")
     for key, info in sides.items():
         print(f"lerobot side ({key}): {info['versions']}, reading through {info['backend']}")
-    print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
-          "| pipeline ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name, key, with_lerobot in sets:
-        g = runs[key]
-        read, pipe = np.asarray(g["read"]), np.asarray(g["pipeline"])
-        row = [f"{name} ({sizes[key]} frames)", fmt(read)]
-        if with_lerobot:
-            lr, lp = np.asarray(g["lerobot read"]), np.asarray(g["lerobot pipeline"])
-            row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
-        else:
-            row += ["(lerobot 0.4.4 refuses v2.0)", "-", fmt(pipe, 1), "-", "-"]
-        print("| " + " | ".join(row) + " |")
+    print_rate_table(runs, sets, sizes, "")
     print("\nthe same, by CPU time (samples per CPU-second of the worker's process: less sensitive to the neighbours)")
-    print("| data | tinyvla read | lerobot read | read ratio | tinyvla pipeline | lerobot read + same pipeline "
-          "| pipeline ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name, key, with_lerobot in sets:
-        g = runs[key]
-        read, pipe = np.asarray(g["read cpu"]), np.asarray(g["pipeline cpu"])
-        row = [name, fmt(read)]
-        if with_lerobot:
-            lr, lp = np.asarray(g["lerobot read cpu"]), np.asarray(g["lerobot pipeline cpu"])
-            row += [fmt(lr), fmt(read / lr, 1) + "x", fmt(pipe, 1), fmt(lp, 1), fmt(pipe / lp, 2) + "x"]
-        else:
-            row += ["-", "-", fmt(pipe, 1), "-", "-"]
-        print("| " + " | ".join(row) + " |")
+    print_rate_table(runs, sets, None, " cpu")
     print("\nsequential reads (the same step on consecutive frames: offline eval, an episode-ordered pass)")
     print("| data | tinyvla read | lerobot read | read ratio |")
     print("|---|---|---|---|")
