@@ -19,6 +19,9 @@ Datasets (made once under --work, with lerobot 0.4.4's own writer where lerobot 
                  writer; lerobot 0.4.4 refuses v2.0, so that row is tinyvla alone); 20 episodes x 100 frames
     so101-video  2 x 640x480 AV1 mp4 (lerobot's writer and codec, many episodes per file), 30 fps, 10 episodes x 150
                  frames, textured scenes with sensor noise (make_so101_fixture.py --texture)
+    so101-video, frame cache   the same files with data.video_cache (data/frame_cache.py): each mp4 decoded once
+                 (timed, printed) into 256x256 uint8 frames; the samples then read memory-mapped frames. lerobot's
+                 column is its own reading of the same mp4s (it has no such cache).
 
 lerobot runs in the side venv of scripts/make_lerobot_env.sh (benchmark only; the rows need it):
 
@@ -217,6 +220,25 @@ def make_data(work: Path, side_python: str) -> dict:
     return paths
 
 
+def build_frame_cache(reader, folder: Path) -> tuple[float, int]:
+    """data.video_cache: decode the reader's videos once (one thread, for the per-worker figure) at the side the
+    benchmark's crop takes (224 / 0.875), attach it; -> (seconds, frames decoded)."""
+    import shutil
+
+    from tinyvla.data.frame_cache import VideoFrameCache, cache_side
+    from tinyvla.data.transforms import ImageSpec
+
+    shutil.rmtree(folder, ignore_errors=True)
+    spec = ImageSpec()
+    cache = VideoFrameCache(folder, cache_side(spec.image_size, spec.crop_scale))
+    start = time.perf_counter()
+    cache.build(reader.video_files(), workers=1)
+    seconds = time.perf_counter() - start
+    reader.use_frame_cache(cache)
+    frames = sum(json.loads((cache.entry(v) / "meta.json").read_text())["shape"][0] for v in reader.video_files())
+    return seconds, frames
+
+
 def fmt(values, digits=0):
     v = np.asarray(values)
     return f"{v.mean():.{digits}f} [{v.min():.{digits}f}-{v.max():.{digits}f}]"
@@ -284,6 +306,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--chunk", type=int, default=10, help="frames per turn when alternating the two sides")
     p.add_argument("--cache-mb", type=int, default=256, help="tinyvla's row-group cache per worker (0: 4 groups)")
+    p.add_argument("--sets", help="comma-separated subset of v30,v20,video,video-cache (default all)")
     p.add_argument("--lerobot-python", default=f"{SIDE_VENV}/bin/lerobot-python",
                    help="the side venv's python wrapper (scripts/make_lerobot_env.sh)")
     p.add_argument("--write-libero", help=argparse.SUPPRESS)
@@ -305,10 +328,16 @@ def main():
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     paths = make_data(work, args.lerobot_python)
-    sets = [("libero-png v3.0", "v30", True), ("libero-png v2.0", "v20", False), ("so101-video v3.0", "video", True)]
-    runs, sizes, sides = {}, {}, {}
+    paths["video-cache"] = paths["video"]
+    sets = [("libero-png v3.0", "v30", True), ("libero-png v2.0", "v20", False), ("so101-video v3.0", "video", True),
+            ("so101-video v3.0, frame cache", "video-cache", True)]
+    if args.sets:
+        sets = [s for s in sets if s[1] in args.sets.split(",")]
+    runs, sizes, sides, builds = {}, {}, {}, {}
     for name, key, with_lerobot in sets:
         reader = LeRobotDataset(paths[key], cache_mb=args.cache_mb)
+        if key == "video-cache":
+            builds[key] = build_frame_cache(reader, work / "frame-cache")
         side = Side(args.lerobot_python, paths[key], list(reader.cameras)) if with_lerobot else None
         try:
             runs[key] = measure(name, reader, pipeline(reader), side, args)
@@ -333,6 +362,11 @@ def main():
         g, seq = runs[key], np.asarray(runs[key]["sequential"])
         other = np.asarray(g["lerobot sequential"]) if with_lerobot else None
         print(f"| {name} | {fmt(seq)} | " + (f"{fmt(other)} | {fmt(seq / other, 1)}x |" if with_lerobot else "- | - |"))
+    for key, (seconds, frames) in builds.items():
+        rate = np.mean(runs[key]["pipeline"])
+        print(f"\nframe cache ({key}): built in {seconds:.1f} s, one decode of {frames} camera frames on one thread "
+              f"({frames / seconds:.0f} frames/s); the first pass over the {sizes[key]} samples (build + pipeline) "
+              f"{sizes[key] / (seconds + sizes[key] / rate):.1f} samples/s, every later one {rate:.1f}")
     slowest = min(np.mean(runs[key]["pipeline"]) for _, key, _ in sets)
     print(f"\nworkers for 50 samples/s at the slowest mean tinyvla pipeline rate ({slowest:.1f}/s per worker): "
           f"{int(np.ceil(50 / slowest))}")

@@ -206,6 +206,12 @@ class LiberoHDF5Dataset:
     def frame_task(self) -> np.ndarray:
         return self.episodes.frame_task()
 
+    def video_files(self) -> list:
+        return []  # HDF5 demos store their frames as arrays
+
+    def use_frame_cache(self, cache) -> None:
+        pass  # nothing to cache
+
     def episode_name(self, e: int) -> str:
         """`file.hdf5:demo_N`, for messages."""
         fid, name = self._demos[e]

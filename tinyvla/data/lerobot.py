@@ -1,6 +1,6 @@
 """LeRobot datasets: read codebase v2.0 / v2.1 / v3.0 (a local directory or a Hub repo id); writer.py writes v2.0.
 
-(About 440 lines, over the usual 400: one reader for three on-disk layouts, and the layout-specific metadata loading
+(About 460 lines, over the usual 400: one reader for three on-disk layouts, and the layout-specific metadata loading
 is most of it; splitting it per version would repeat the sampling code.)
 
 The two layouts, as far as a reader cares:
@@ -21,7 +21,8 @@ only, never the image columns) also makes `tinyvla data stats` fast.
 
 Cameras (any names, 1-3 of them, `cameras=`): `image` features (PNG bytes in a parquet struct {bytes, path}) are
 decoded with PIL; `video` features (mp4, one per episode in v2.x, many episodes per file in v3.0 at
-`from_timestamp + timestamp`) with PyAV through video.py. Neither is touched by `actions()` or the stats. Video files
+`from_timestamp + timestamp`) with PyAV through video.py, or read from the frame cache (frame_cache.py,
+`data.video_cache`) once `use_frame_cache` is called. Neither is touched by `actions()` or the stats. Video files
 are checked when the reader opens: a missing one, or (for up to 64 files) one that does not open or ends early, is a
 one-line error naming it.
 
@@ -167,6 +168,7 @@ class LeRobotDataset:
         self._check_videos()
         self._rows = RowGroups(cache_mb)
         self._video = VideoFrames()
+        self._frames = self._video  # where video frames come from: decoded per sample, or a frame cache
         self._columns: dict[str, np.ndarray] | None = None
 
     # -- metadata ---------------------------------------------------------------------------------------------------
@@ -429,7 +431,7 @@ class LeRobotDataset:
                 ts = offset + float(table.column("timestamp")[row].as_py())
                 # half a frame period: lerobot's own tolerance is 1e-4 s, but re-muxed files drift slightly
                 tol = 0.5 / (self.fps or 10)
-                views.append(self._video.frame(video, ts, tol, f"{where} ({key})"))
+                views.append(self._frames.frame(video, ts, tol, f"{where} ({key})"))
             else:
                 views.append(decode_image(self._rows.image_cell(path, file_row, key), f"{where} ({key})", self.root))
         out["views"] = views
@@ -439,6 +441,14 @@ class LeRobotDataset:
         if self.state_key is not None:
             out["state"] = np.asarray(table.column(self.state_key)[row].as_py(), dtype=np.float32).reshape(-1)
         return out
+
+    def video_files(self) -> list[Path]:
+        """The mp4 files behind the cameras this reader returns (frame_cache.py decodes them once)."""
+        return sorted({path for videos in self._ep_videos for path, _ in videos.values()}, key=str)
+
+    def use_frame_cache(self, cache) -> None:
+        """Take video frames from `cache` (a built frame_cache.VideoFrameCache) instead of decoding per sample."""
+        self._frames = cache
 
     @property
     def image_features(self) -> list[str]:

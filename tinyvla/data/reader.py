@@ -43,6 +43,10 @@ class Reader(Protocol):
 
     def frame_task(self) -> np.ndarray: ...
 
+    def video_files(self) -> list: ...  # the mp4 files behind the cameras read (empty: images only)
+
+    def use_frame_cache(self, cache) -> None: ...  # read video frames from a built frame_cache.VideoFrameCache
+
 
 def select_tasks(task_names: list[str], tasks: Iterable[str | int] | str | int | None, where: str) -> set[str] | None:
     """The task texts named by `tasks` (texts or indices into `task_names`); None = all. Unknown names are an error."""

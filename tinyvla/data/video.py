@@ -37,22 +37,28 @@ def _import_av():
     return av
 
 
+def open_decoder(path: Path):
+    """(container, video stream) of an mp4, decoding on one thread; a missing or unreadable file is one line."""
+    av = _import_av()
+    if not path.is_file():
+        raise UserError(f"video file {path} is missing; the dataset download is incomplete")
+    try:
+        container = av.open(str(path))
+        stream = container.streams.video[0]
+        # one decoding thread: a data worker is one process and the parallelism is the number of workers (FFmpeg's
+        # default starts a thread per core in every worker, and the per-worker figures would borrow other cores)
+        stream.codec_context.thread_count = 1
+    except Exception as err:
+        raise UserError(f"cannot open video {path} ({type(err).__name__}: {err}); the file is corrupt or "
+                        "not a video") from None
+    return container, stream
+
+
 class _OpenVideo:
     """One open mp4 and its decoder position."""
 
     def __init__(self, path: Path):
-        av = _import_av()
-        if not path.is_file():
-            raise UserError(f"video file {path} is missing; the dataset download is incomplete")
-        try:
-            self.container = av.open(str(path))
-            self.stream = self.container.streams.video[0]
-            # one decoding thread: a data worker is one process and the parallelism is the number of workers (FFmpeg's
-            # default starts a thread per core in every worker, and the per-worker figures would borrow other cores)
-            self.stream.codec_context.thread_count = 1
-        except Exception as err:
-            raise UserError(f"cannot open video {path} ({type(err).__name__}: {err}); the file is corrupt or "
-                            "not a video") from None
+        self.container, self.stream = open_decoder(path)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.period = 1.0 / float(rate) if rate else 1.0 / 30
         self.path = path

@@ -90,6 +90,23 @@ def _check_generated_data_fits(cfg) -> None:
                         "new directory")
 
 
+def attach_video_cache(recipe: Recipe, reader, main: bool, barrier, log=print) -> None:
+    """data.video_cache: the local main process decodes the missing videos into the frame cache while the others
+    wait at `barrier`; then every process reads its frames from there."""
+    import os
+
+    from tinyvla.data.frame_cache import VideoFrameCache, cache_side
+
+    videos = reader.video_files()
+    if not recipe.data.video_cache or not videos:
+        return
+    cache = VideoFrameCache(recipe.data.video_cache_dir, cache_side(recipe.data.image_size, recipe.data.crop_scale))
+    if main:
+        cache.build(videos, workers=os.cpu_count() or 1, log=log)
+    barrier()
+    reader.use_frame_cache(cache)
+
+
 def split_episodes(reader, val_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train frame indices, val frame indices), holding out `val_episodes` whole episodes chosen by `seed`."""
     episodes = np.asarray(reader.episode_index())

@@ -41,7 +41,7 @@ from tinyvla.recipe import Recipe, save_recipe
 from tinyvla import lifetime
 from tinyvla.training import checkpoint
 from tinyvla.training.checkpoint import list_checkpoints  # noqa: F401  (the trainer's public names)
-from tinyvla.training.data import ActionSampleDataset, EpochSampler, load_training_data
+from tinyvla.training.data import ActionSampleDataset, EpochSampler, attach_video_cache, load_training_data
 from tinyvla.training.ema import WeightAverage
 from tinyvla.training.plan import plan_run
 
@@ -257,6 +257,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
 
         find_init_policy(recipe.model.init_from)
     data = load_training_data(recipe, log)
+    attach_video_cache(recipe, data.reader, accelerator.is_local_main_process, accelerator.wait_for_everyone, log)
     world = accelerator.num_processes
     plan = plan_run(cfg, len(data.train_frames), world)  # a global batch that does not split fails here, before the model
     log(f"{recipe.name}: {plan.describe()}")
