@@ -59,7 +59,12 @@ def test_tied_head_notice_is_dropped_and_other_shared_tensors_still_warn(caplog)
     w = torch.zeros(3, 2)
     with caplog.at_level(logging.WARNING):
         clean_state_dict_for_safetensors({"model.embed_tokens.weight": w, "lm_head.weight": w})
+        lora = "base_model.model."  # peft's names around the same tie
+        clean_state_dict_for_safetensors({lora + "model.embed_tokens.weight": w, lora + "lm_head.weight": w})
         assert "Removed shared tensor" not in caplog.text
+        u = torch.zeros(4)
+        clean_state_dict_for_safetensors({"a.weight": u, "not_lm_head.weight": u})
+        assert "Removed shared tensor {'not_lm_head.weight'}" in caplog.text
         v = torch.zeros(2)
         clean_state_dict_for_safetensors({"a.weight": v, "b.weight": v})
         assert "Removed shared tensor {'b.weight'}" in caplog.text

@@ -65,6 +65,8 @@ def test_parse_override_values():
                                                    "before_images, end"),
         ("", ["data.instruction_first=true"], "no such key (did you mean 'instruction_position'?)"),
         ("", ["data.generate_path=zigzag"], "data.generate_path: 'zigzag' is not one of diagonal, x_first"),
+        ("", ["data.system_prompt=short"], "data.system_prompt: 'short' is not one of vla0, none"),
+        ("", ["data.video_cache=maybe"], "data.video_cache: expected bool"),
         ("model: 3\n", [], "model: expected a section"),
         ("- a\n- b\n", [], "must be a YAML mapping"),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -16,11 +17,13 @@ class _TiedWeightsNotice(logging.Filter):
     """Drops accelerate's "Removed shared tensor {'lm_head.weight'} while saving" at every checkpoint. Qwen ties the
     output head to the input embeddings; safetensors stores a shared tensor once, and loading the checkpoint
     (safetensors' load_model, which knows about shared tensors) or the policy (transformers re-ties the head) restores
-    it. Any other removed tensor still warns."""
+    it. With LoRA the head is peft's `base_model.model.lm_head.weight`. Any other removed tensor still warns."""
+
+    NOTICE = re.compile(r"Removed shared tensor \{'(?:[\w.]+\.)?lm_head\.weight'\} while saving")
 
     def filter(self, record: logging.LogRecord) -> bool:
         # accelerate prefixes "[RANK n] ".
-        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
+        return not self.NOTICE.search(record.getMessage())
 
 
 logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
