@@ -151,15 +151,37 @@ def test_training_builds_and_reads_the_cache(tmp_path, capsys):
 def test_the_trainers_reader_takes_frames_from_the_cache(tmp_path, on):
     """attach_video_cache (what the trainer calls after opening the data): with data.video_cache the reader's views are
     the cache's squares; without it, the decoded frames as stored (the control)."""
-    from tinyvla.recipe import load_recipe
     from tinyvla.training.data import attach_video_cache
 
-    recipe = load_recipe(RECIPE, [f"data.repo={TWO}", f"data.video_cache={str(on).lower()}",
-                                  f"data.video_cache_dir={tmp_path / 'frames'}"])
+    recipe = so101_recipe(tmp_path, on)
     reader = open_dataset(TWO)
-    waited = []
-    attach_video_cache(recipe, reader, main=True, barrier=lambda: waited.append(1), log=lambda *_: None)
+    attach_video_cache(recipe, reader, main=True, log=lambda *_: None)
     side = cache_side(recipe.data.image_size, recipe.data.crop_scale)
-    shapes = {v.shape for v in reader.sample(5)["views"]}
-    assert shapes == ({(side, side, 3)} if on else {(48, 64, 3)}) and waited == ([1] if on else [])
+    assert {v.shape for v in reader.sample(5)["views"]} == ({(side, side, 3)} if on else {(48, 64, 3)})
     assert (tmp_path / "frames").is_dir() == on
+
+
+def test_other_ranks_wait_for_the_main_ranks_build(tmp_path):
+    """A rank that is not the local main waits until the main rank's entries exist, then reads them."""
+    import threading
+
+    from tinyvla.training.data import attach_video_cache
+
+    recipe = so101_recipe(tmp_path, True)
+    other = open_dataset(TWO)
+    waiter = threading.Thread(target=attach_video_cache, args=(recipe, other, False), kwargs={"poll_s": 0.05})
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive()  # nothing built yet: still waiting
+    attach_video_cache(recipe, open_dataset(TWO), main=True, log=lambda *_: None)
+    waiter.join(10)
+    assert not waiter.is_alive()
+    side = cache_side(recipe.data.image_size, recipe.data.crop_scale)
+    assert other.sample(0)["views"][0].shape == (side, side, 3)
+
+
+def so101_recipe(tmp_path, video_cache: bool):
+    from tinyvla.recipe import load_recipe
+
+    return load_recipe(RECIPE, [f"data.repo={TWO}", f"data.video_cache={str(video_cache).lower()}",
+                                f"data.video_cache_dir={tmp_path / 'frames'}"])

@@ -106,6 +106,13 @@ class VideoFrameCache:
             for _ in pool.map(self._build_one, todo):
                 pass
 
+    def wait_until_built(self, videos: list[Path], poll_s: float = 2.0) -> None:
+        """Block until another process has built every entry of `videos` (the trainer's other ranks)."""
+        import time
+
+        while not all(self.is_built(Path(v)) for v in videos):
+            time.sleep(poll_s)
+
     def _check_room(self, todo: list[Path]) -> None:
         from tinyvla.core.atomic import check_output_dir
 

@@ -90,9 +90,10 @@ def _check_generated_data_fits(cfg) -> None:
                         "new directory")
 
 
-def attach_video_cache(recipe: Recipe, reader, main: bool, barrier, log=print) -> None:
-    """data.video_cache: the local main process decodes the missing videos into the frame cache while the others
-    wait at `barrier`; then every process reads its frames from there."""
+def attach_video_cache(recipe: Recipe, reader, main: bool, log=print, poll_s: float = 2.0) -> None:
+    """data.video_cache: the local main process decodes the missing videos into the frame cache; the other processes
+    wait for its entries to appear (polling the files, not a collective barrier: a first build of a large dataset can
+    outlast a process group's timeout); then every process reads its frames from there."""
     import os
 
     from tinyvla.data.frame_cache import VideoFrameCache, cache_side
@@ -103,7 +104,8 @@ def attach_video_cache(recipe: Recipe, reader, main: bool, barrier, log=print) -
     cache = VideoFrameCache(recipe.data.video_cache_dir, cache_side(recipe.data.image_size, recipe.data.crop_scale))
     if main:
         cache.build(videos, workers=os.cpu_count() or 1, log=log)
-    barrier()
+    else:
+        cache.wait_until_built(videos, poll_s)
     reader.use_frame_cache(cache)
 
 

@@ -257,7 +257,7 @@ def _train(recipe: Recipe, accelerator, resume: bool, console, log, ckpt_dir: Pa
 
         find_init_policy(recipe.model.init_from)
     data = load_training_data(recipe, log)
-    attach_video_cache(recipe, data.reader, accelerator.is_local_main_process, accelerator.wait_for_everyone, log)
+    attach_video_cache(recipe, data.reader, accelerator.is_local_main_process, log)
     world = accelerator.num_processes
     plan = plan_run(cfg, len(data.train_frames), world)  # a global batch that does not split fails here, before the model
     log(f"{recipe.name}: {plan.describe()}")
