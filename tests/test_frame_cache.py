@@ -16,6 +16,8 @@ from tinyvla.data.frame_cache import FRAMES, META, VideoFrameCache, cache_side
 from tinyvla.data.transforms import ImageSpec, transform_view
 from tinyvla.errors import UserError
 
+from test_so101 import _Views as Views  # noqa: E402  (tests/ is on sys.path under pytest)
+
 ROOT = Path(__file__).resolve().parents[1]
 TWO = ROOT / "tests" / "fixtures" / "so101_2cam_v30"
 RECIPE = ROOT / "recipes" / "so101-qwen3-2b-24gb-lora.yaml"
@@ -71,25 +73,15 @@ def test_views_match_the_uncached_path(tmp_path):
     assert np.abs(transform_view(plain.sample(0)["views"][0], SPEC, None).astype(int) - far).mean() > 8.0
 
 
-class _Views:
-    def __init__(self, reader):
-        self.reader = reader
-
-    def __len__(self):
-        return 12
-
-    def __getitem__(self, i):
-        return np.stack(self.reader.sample(i * 37)["views"])
-
-
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_workers_read_the_cache(tmp_path, context):
     import torch
 
     reader, cache = built(tmp_path)
     reader.use_frame_cache(cache)
-    parent = np.stack([np.stack(reader.sample(i * 37)["views"]) for i in range(12)])  # the parent has mapped files
-    loader = torch.utils.data.DataLoader(_Views(reader), batch_size=4, num_workers=2,
+    views = Views(reader)  # test_so101's: frames 0, 7, ..., 105 of the fixture
+    parent = np.stack([views[i] for i in range(len(views))])  # the parent has mapped the files
+    loader = torch.utils.data.DataLoader(views, batch_size=4, num_workers=2,
                                          multiprocessing_context=context, timeout=120)
     np.testing.assert_array_equal(np.concatenate([b.numpy() for b in loader]), parent)
 
