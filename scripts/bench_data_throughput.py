@@ -225,7 +225,7 @@ def build_frame_cache(reader, folder: Path) -> tuple[float, int]:
     benchmark's crop takes (224 / 0.875), attach it; -> (seconds, frames decoded)."""
     import shutil
 
-    from tinyvla.data.frame_cache import VideoFrameCache, cache_side
+    from tinyvla.data.frame_cache import META, VideoFrameCache, cache_side
     from tinyvla.data.transforms import ImageSpec
 
     shutil.rmtree(folder, ignore_errors=True)
@@ -235,7 +235,7 @@ def build_frame_cache(reader, folder: Path) -> tuple[float, int]:
     cache.build(reader.video_files(), workers=1)
     seconds = time.perf_counter() - start
     reader.use_frame_cache(cache)
-    frames = sum(json.loads((cache.entry(v) / "meta.json").read_text())["shape"][0] for v in reader.video_files())
+    frames = sum(json.loads((cache.entry(v) / META).read_text())["shape"][0] for v in reader.video_files())
     return seconds, frames
 
 
