@@ -211,6 +211,11 @@ def test_writer_schema_matches_physical_intelligence_libero(tmp_path):
     np.testing.assert_allclose(stats["actions"]["mean"], all_actions.mean(0), rtol=1e-6)
     np.testing.assert_allclose(stats["actions"]["std"], all_actions.std(0), rtol=1e-5)
     assert np.array(stats["image"]["mean"]).shape == (3, 1, 1)
+    for key in ("image", "wrist_image"):  # per channel in [0, 1], over every pixel of every frame (16 px: no stride)
+        pixels = np.concatenate([e[key] for e in eps]).reshape(-1, 3) / 255.0
+        for name, want in (("mean", pixels.mean(0)), ("std", pixels.std(0)), ("min", pixels.min(0)),
+                           ("max", pixels.max(0))):
+            np.testing.assert_allclose(np.array(stats[key][name]).reshape(3), want, rtol=1e-9, atol=1e-12)
 
     t = pq.read_table(out / "data/chunk-000/episode_000002.parquet")
     assert t.schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])

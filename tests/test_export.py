@@ -171,6 +171,18 @@ def test_init_from_starts_a_run_from_a_policys_weights(full_ft):
                                 [f"model.init_from={full_ft}", "model.tiny.hidden_size=96"]))
 
 
+def test_second_stage_writes_chunks_of_its_own_length(full_ft, tmp_path):
+    """The named-colour stage starts from the reach policy's weights (chunks of 4) and writes chunks of 2: the chunk
+    length belongs to the recipe and the policy it saves, not to the weights it starts from."""
+    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu-blockfind.yaml",
+                                   [f"data.repo={FIXTURE}", "data.suite=null", f"train.out_dir={tmp_path / 's2'}"]))
+    cfg.model.init_from = str(full_ft)
+    stage2 = train(cfg, smoke_test=True).policy_dir
+    horizons = [json.loads((p / "policy.json").read_text())["horizon"] for p in (full_ft, stage2)]
+    assert horizons == [4, 2]
+    assert chunks(full_ft).shape[1:] == (4, 7) and chunks(stage2).shape[1:] == (2, 7)
+
+
 def test_grounding_script_reports_every_figure(full_ft, monkeypatch, capsys):
     import runpy
 

@@ -60,13 +60,25 @@ class _RunningStats:
 
     def add(self, x: np.ndarray) -> None:  # x: (T, ...) per-frame values
         x = np.asarray(x, dtype=np.float64)
-        s, ss, lo, hi = x.sum(0), (x * x).sum(0), x.min(0), x.max(0)
+        self._merge(len(x), x.sum(0), (x * x).sum(0), x.min(0), x.max(0))
+
+    def add_pixels(self, frames: np.ndarray) -> None:
+        """uint8 (..., 3) pixels, as values in [0, 1] per channel. Counted per channel with a 256-bin histogram:
+        float reductions over a (pixels, 3) array were ~40 % of BlockFind's demo generation."""
+        channels = frames.reshape(-1, frames.shape[-1])
+        counts = np.stack([np.bincount(channels[:, c], minlength=256) for c in range(channels.shape[1])])
+        values = np.arange(256, dtype=np.float64) / 255.0
+        seen = counts > 0
+        self._merge(len(channels), counts @ values, counts @ (values * values),
+                    np.array([values[row].min() for row in seen]), np.array([values[row].max() for row in seen]))
+
+    def _merge(self, n: int, s, ss, lo, hi) -> None:
         if self.s is None:
             self.s, self.ss, self.lo, self.hi = s, ss, lo, hi
         else:
             self.s, self.ss = self.s + s, self.ss + ss
             self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
-        self.n += len(x)
+        self.n += n
 
     def to_dict(self) -> dict:
         mean = self.s / self.n
@@ -164,7 +176,7 @@ def write_lerobot_v2(out_dir: str | os.PathLike, episodes: Iterable[dict], fps: 
             for key, frames in (("image", image), ("wrist_image", wrist)):
                 # A 64x64 pixel grid per frame is plenty for mean/std and keeps a 256x256 episode at ~15 MB.
                 step = max(1, frames.shape[1] // 64)
-                stats[key].add(frames[:, ::step, ::step].reshape(-1, 3) / 255.0)
+                stats[key].add_pixels(frames[:, ::step, ::step])
             stats["state"].add(state)
             stats["actions"].add(actions)
             for key, values in (("timestamp", timestamp), ("frame_index", frame_index),
