@@ -174,7 +174,7 @@ def write_lerobot_v2(out_dir: str | os.PathLike, episodes: Iterable[dict], fps: 
 
             # lerobot v2.0 stats: images per channel in [0, 1] with shape (3, 1, 1); scalars with shape (1,).
             for key, frames in (("image", image), ("wrist_image", wrist)):
-                # A 64x64 pixel grid per frame is plenty for mean/std and keeps a 256x256 episode at ~15 MB.
+                # A 64x64 pixel grid per frame is plenty for mean/std (and keeps the stats of a 256x256 episode cheap).
                 step = max(1, frames.shape[1] // 64)
                 stats[key].add_pixels(frames[:, ::step, ::step])
             stats["state"].add(state)
