@@ -27,13 +27,18 @@ def observations(n=3, seed=0):
            [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def trained(tmp_path_factory, *overrides) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu.yaml",
+def smoke_trained(recipe: str, out: Path, *overrides, init_from: Path | None = None) -> Path:
+    """A few big steps of `recipes/<recipe>` on the LIBERO fixture: weights far from init, so a mismatch would show."""
+    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / recipe,
                                    [f"data.repo={FIXTURE}", "data.suite=null", f"train.out_dir={out}", *overrides]))
+    cfg.model.init_from = str(init_from) if init_from else None  # smoke_recipe drops it; a second stage needs it back
     cfg.train.max_steps = 3
-    cfg.train.lr = 3e-2  # a few big steps: weights far from init, so a mismatch would show
+    cfg.train.lr = 3e-2
     return train(cfg, smoke_test=True).policy_dir
+
+
+def trained(tmp_path_factory, *overrides) -> Path:
+    return smoke_trained("tiny-cpu.yaml", tmp_path_factory.mktemp("run"), *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +179,7 @@ def test_init_from_starts_a_run_from_a_policys_weights(full_ft):
 def test_second_stage_writes_chunks_of_its_own_length(full_ft, tmp_path):
     """The named-colour stage starts from the reach policy's weights (chunks of 4) and writes chunks of 2: the chunk
     length belongs to the recipe and the policy it saves, not to the weights it starts from."""
-    cfg = smoke_recipe(load_recipe(ROOT / "recipes" / "tiny-cpu-blockfind.yaml",
-                                   [f"data.repo={FIXTURE}", "data.suite=null", f"train.out_dir={tmp_path / 's2'}"]))
-    cfg.model.init_from = str(full_ft)
-    stage2 = train(cfg, smoke_test=True).policy_dir
+    stage2 = smoke_trained("tiny-cpu-blockfind.yaml", tmp_path / "s2", init_from=full_ft)
     horizons = [json.loads((p / "policy.json").read_text())["horizon"] for p in (full_ft, stage2)]
     assert horizons == [4, 2]
     assert chunks(full_ft).shape[1:] == (4, 7) and chunks(stage2).shape[1:] == (2, 7)
